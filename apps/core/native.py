@@ -1,0 +1,255 @@
+"""Django's own middlewares, made native under ASGI: no thread hop per request.
+
+Django's middlewares are "async-capable" through `MiddlewareMixin.__acall__`, which runs every
+`process_request`/`process_response` in its own `sync_to_async` (and the handler wraps a sync
+`process_view` in one more): startproject's list costs 13 thread hops per async request (Django
+ticket #37177). Most of those hooks only read headers and set cookies: pure CPU work that is
+safe, and far cheaper, on the event loop. Each class here subclasses Django's and keeps its
+hooks, so the behaviour (and Django's own test suite) stays the same; only the async path
+changes:
+
+- hooks that never do I/O run inline on the event loop;
+- hooks that may do I/O use Django's async API (the session is saved with `asave()`), or hop
+  to a thread only on the requests that need it (messages stored in the session, CSRF tokens
+  kept in the session).
+
+Replace these one for one in MIDDLEWARE (apps.core.checks names the replacement for each
+Django middleware it finds).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as messages_middleware
+from django.contrib.sessions import middleware as sessions_middleware
+from django.contrib.sessions.backends.base import SessionBase, UpdateError
+from django.contrib.sessions.exceptions import SessionInterrupted
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from django.middleware import clickjacking, common, csrf, security
+from django.utils.cache import patch_vary_headers
+from django.utils.http import http_date
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    _Base = Any
+else:
+    _Base = object
+
+_SESSION_INTERRUPTED = (
+    "The request's session was deleted before the request completed. The user may have "
+    "logged out in a concurrent request, for example."
+)
+
+
+class NativeHooksMixin(_Base):
+    """Run a `MiddlewareMixin` subclass's sync hooks inline in async mode.
+
+    Only for hooks that do no I/O. `process_view` is exposed as a coroutine function in async
+    mode, because `BaseHandler.load_middleware` wraps a sync one in `sync_to_async`.
+    """
+
+    def __init__(self, get_response: Callable[..., Any]) -> None:
+        super().__init__(get_response)
+        if self.async_mode and self.hooks_are_native() and hasattr(self, "process_view"):
+            self.process_view = self.aprocess_view
+
+    def hooks_are_native(self) -> bool:
+        """Return whether the hooks may run on the event loop (no I/O under these settings)."""
+        return True
+
+    async def aprocess_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> HttpResponseBase | None:
+        """Run the class's sync `process_view` inline."""
+        result: HttpResponseBase | None = type(self).process_view(
+            self, request, view_func, view_args, view_kwargs
+        )
+        return result
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if not self.hooks_are_native():
+            response: HttpResponseBase = await super().__acall__(request)
+            return response
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(NativeHooksMixin, security.SecurityMiddleware):
+    """`django.middleware.security.SecurityMiddleware`, native under ASGI."""
+
+
+class CommonMiddleware(NativeHooksMixin, common.CommonMiddleware):
+    """`django.middleware.common.CommonMiddleware`, native under ASGI."""
+
+
+class XFrameOptionsMiddleware(NativeHooksMixin, clickjacking.XFrameOptionsMiddleware):
+    """`django.middleware.clickjacking.XFrameOptionsMiddleware`, native under ASGI."""
+
+
+class AuthenticationMiddleware(NativeHooksMixin, auth_middleware.AuthenticationMiddleware):
+    """`django.contrib.auth.middleware.AuthenticationMiddleware`, native under ASGI.
+
+    It only installs the lazy `request.user` and `request.auser`; async views should await
+    `request.auser()`, as with Django's class.
+    """
+
+
+class CsrfViewMiddleware(NativeHooksMixin, csrf.CsrfViewMiddleware):
+    """`django.middleware.csrf.CsrfViewMiddleware`, native under ASGI.
+
+    With CSRF_USE_SESSIONS the token lives in the session, whose sync API does I/O, so the
+    class then keeps Django's thread hops.
+    """
+
+    def hooks_are_native(self) -> bool:
+        return not settings.CSRF_USE_SESSIONS
+
+
+class MessageMiddleware(NativeHooksMixin, messages_middleware.MessageMiddleware):
+    """`django.contrib.messages.middleware.MessageMiddleware`, native under ASGI.
+
+    Creating the storage is lazy and free. Storing messages may write the session (sync I/O
+    under FallbackStorage and SessionStorage), so the response hook hops to a thread only on
+    requests that read or added messages; on every other request it has nothing to do.
+    """
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        self.process_request(request)
+        response: HttpResponseBase = await self.get_response(request)
+        storage = getattr(request, "_messages", None)
+        if storage is not None and (storage.used or storage.added_new):
+            response = await sync_to_async(self.process_response, thread_sensitive=True)(
+                request, response
+            )
+        return response
+
+
+class SessionMiddleware(NativeHooksMixin, sessions_middleware.SessionMiddleware):
+    """`django.contrib.sessions.middleware.SessionMiddleware`, native under ASGI.
+
+    Creating the session is lazy and free. In async mode the response hook uses the session's
+    async API (`aget_expiry_age`, `asave`, Django 5.1+), so a request that does not touch the
+    session costs nothing and one that modified it costs only the backend's own I/O.
+    """
+
+    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        state = session_state(request)
+        if state is None:
+            return response
+        session, must_save = state
+        if must_save and response.status_code < 500:
+            if session.get_expire_at_browser_close():
+                max_age = None
+            else:
+                max_age = session.get_expiry_age()
+            try:
+                session.save()
+            except UpdateError:
+                raise SessionInterrupted(_SESSION_INTERRUPTED) from None
+            set_session_cookie(response, session, max_age)
+        return finish_session_response(request, response, session, must_save)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        self.process_request(request)
+        response: HttpResponseBase = await self.get_response(request)
+        state = session_state(request)
+        if state is None:
+            return response
+        session, must_save = state
+        if must_save and response.status_code < 500:
+            if await session.aget_expire_at_browser_close():
+                max_age = None
+            else:
+                max_age = await session.aget_expiry_age()
+            try:
+                await session.asave()
+            except UpdateError:
+                raise SessionInterrupted(_SESSION_INTERRUPTED) from None
+            set_session_cookie(response, session, max_age)
+        return finish_session_response(request, response, session, must_save)
+
+
+def session_state(request: HttpRequest) -> tuple[SessionBase, bool] | None:
+    """Return the request's session and whether it must be saved, or None without a session.
+
+    Reading `modified` and `is_empty()` never loads the session.
+    """
+    try:
+        session: SessionBase = request.session
+        must_save = (session.modified or settings.SESSION_SAVE_EVERY_REQUEST) and not (
+            session.is_empty()
+        )
+    except AttributeError:
+        return None
+    return session, must_save
+
+
+def set_session_cookie(
+    response: HttpResponseBase, session: SessionBase, max_age: int | None
+) -> None:
+    """Refresh the client's session cookie after a save."""
+    expires = None if max_age is None else http_date(time.time() + max_age)
+    response.set_cookie(
+        settings.SESSION_COOKIE_NAME,
+        session.session_key,
+        max_age=max_age,
+        expires=expires,
+        domain=settings.SESSION_COOKIE_DOMAIN,
+        path=settings.SESSION_COOKIE_PATH,
+        secure=settings.SESSION_COOKIE_SECURE or None,
+        httponly=settings.SESSION_COOKIE_HTTPONLY or None,
+        samesite=settings.SESSION_COOKIE_SAMESITE,
+    )
+
+
+def finish_session_response(
+    request: HttpRequest,
+    response: HttpResponseBase,
+    session: SessionBase,
+    saved: bool,
+) -> HttpResponseBase:
+    """Delete the cookie of an emptied session and vary on Cookie where Django does."""
+    if settings.SESSION_COOKIE_NAME in request.COOKIES and session.is_empty():
+        response.delete_cookie(
+            settings.SESSION_COOKIE_NAME,
+            path=settings.SESSION_COOKIE_PATH,
+            domain=settings.SESSION_COOKIE_DOMAIN,
+            samesite=settings.SESSION_COOKIE_SAMESITE,
+        )
+        patch_vary_headers(response, ("Cookie",))
+    elif session.accessed or (saved and response.status_code < 500):
+        patch_vary_headers(response, ("Cookie",))
+    return response
+
+
+#: Django's middleware path -> the native replacement shipped here (used by apps.core.checks).
+REPLACEMENTS = {
+    "django.middleware.security.SecurityMiddleware": "apps.core.native.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware": "apps.core.native.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware": "apps.core.native.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware": "apps.core.native.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware": (
+        "apps.core.native.AuthenticationMiddleware"
+    ),
+    "django.contrib.messages.middleware.MessageMiddleware": "apps.core.native.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": (
+        "apps.core.native.XFrameOptionsMiddleware"
+    ),
+    "whitenoise.middleware.WhiteNoiseMiddleware": "apps.core.static.StaticFilesMiddleware",
+}

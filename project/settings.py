@@ -1,0 +1,261 @@
+"""Settings for dualserve: one module, driven by environment variables.
+
+With no environment at all it runs locally (DEBUG on, SQLite under ./var/). `DJANGO_ENV=production`
+switches to production defaults and refuses to start on an insecure configuration. Every variable is
+listed in the README ("Environment variables").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Return the boolean environment variable `name`, or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use true or false.")
+
+
+def env_int(name: str, default: int) -> int:
+    """Return the integer environment variable `name`, or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer.") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    """Return the comma-separated environment variable `name` as a list."""
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# --- Environment -------------------------------------------------------------------------------
+
+DJANGO_ENV = os.environ.get("DJANGO_ENV", "development").strip().lower()
+if DJANGO_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured(
+        f"DJANGO_ENV={DJANGO_ENV!r}: use 'development' (the default) or 'production'."
+    )
+PRODUCTION = DJANGO_ENV == "production"
+
+# Set by project/wsgi.py and project/asgi.py before Django configures itself; empty for
+# manage.py and the test runners.
+SERVER_INTERFACE = os.environ.get("DJANGO_INTERFACE", "")
+
+DEBUG = env_bool("DJANGO_DEBUG", default=not PRODUCTION)
+
+_DEV_SECRET_KEY = "django-insecure-dualserve-local-development-key-never-use-in-production"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "" if PRODUCTION else _DEV_SECRET_KEY)
+
+ALLOWED_HOSTS = env_list(
+    "DJANGO_ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"]
+)
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+
+def insecure_production_settings() -> list[str]:
+    """Return what must be set before production may start (empty when it may)."""
+    problems = []
+    if not SECRET_KEY or SECRET_KEY == _DEV_SECRET_KEY:
+        problems.append("DJANGO_SECRET_KEY (a random string of 50+ characters)")
+    elif len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure-"):
+        problems.append("DJANGO_SECRET_KEY (50+ random characters, not 'django-insecure-...')")
+    if DEBUG:
+        problems.append("DJANGO_DEBUG=false")
+    if not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS:
+        problems.append("DJANGO_ALLOWED_HOSTS (your host names, comma-separated; not '*')")
+    return problems
+
+
+if PRODUCTION and (_problems := insecure_production_settings()):
+    raise ImproperlyConfigured(
+        "DJANGO_ENV=production refuses to start; set " + "; ".join(_problems) + "."
+    )
+
+# --- Applications ------------------------------------------------------------------------------
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "apps.core",
+    "apps.showcase",
+]
+
+# Every entry runs natively in both modes: no thread hop per request under ASGI, no
+# async_to_sync under WSGI (apps.core.checks warns about any entry that would). The
+# Django middlewares are replaced one for one by apps.core.native, same behaviour.
+MIDDLEWARE = [
+    # First: probes answer before host validation and the HTTPS redirect.
+    "apps.core.middleware.HealthCheckMiddleware",
+    "apps.core.middleware.RequestContextMiddleware",
+    "apps.core.native.SecurityMiddleware",
+    # Static files short-circuit before sessions, CSRF and auth (whitenoise's advice).
+    "apps.core.static.StaticFilesMiddleware",
+    "apps.core.native.SessionMiddleware",
+    "apps.core.native.CommonMiddleware",
+    "apps.core.native.CsrfViewMiddleware",
+    "apps.core.native.AuthenticationMiddleware",
+    "apps.core.native.MessageMiddleware",
+    "apps.core.native.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+ASGI_APPLICATION = "project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------------------------
+
+VAR_DIR = Path(os.environ.get("DJANGO_VAR_DIR", BASE_DIR / "var"))
+
+# Persistent connections help WSGI (one thread owns a connection for many requests). Under ASGI
+# every request runs its sync code on a new thread, so a persistent connection would be stranded
+# when that thread ends: Django's docs say CONN_MAX_AGE = 0 there (ref/databases, "Persistent
+# connections"); PostgreSQL uses psycopg's pool instead.
+CONN_MAX_AGE = env_int("DJANGO_CONN_MAX_AGE", 60 if SERVER_INTERFACE == "wsgi" else 0)
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    _database: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL))
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _database = {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "db.sqlite3"}
+
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    # Several worker processes write to one file: WAL lets readers run beside the writer, and
+    # IMMEDIATE transactions plus a busy timeout make writers queue instead of failing with
+    # "database is locked" (Django 5.1+, ref/databases "SQLite notes").
+    _database["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    _database["CONN_MAX_AGE"] = CONN_MAX_AGE
+elif _database["ENGINE"] == "django.db.backends.postgresql" and env_bool("DJANGO_DB_POOL", True):
+    # The pool replaces persistent connections (Django refuses both at once).
+    _database["OPTIONS"] = {**_database.get("OPTIONS", {}), "pool": True}
+    _database["CONN_MAX_AGE"] = 0
+else:
+    _database["CONN_MAX_AGE"] = CONN_MAX_AGE
+
+# ATOMIC_REQUESTS stays off: Django refuses it for async views ("You cannot use
+# ATOMIC_REQUESTS with async views"); wrap writes in transaction.atomic where needed.
+_database["ATOMIC_REQUESTS"] = False
+DATABASES = {"default": _database}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Authentication ----------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- Internationalisation ----------------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Static files ------------------------------------------------------------------------------
+
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", VAR_DIR / "static"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed names (cacheable forever) plus .gz variants, written by collectstatic.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+# A name missing from the manifest falls back to the plain name instead of raising, so
+# templates render in tests and in development before collectstatic has run.
+WHITENOISE_MANIFEST_STRICT = False
+
+# --- Proxy and security ------------------------------------------------------------------------
+
+# nginx overwrites X-Forwarded-Proto on every request (nginx/), and gunicorn's
+# forwarded_allow_ips trusts it only from the proxy, so the header cannot be forged.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST = env_bool("DJANGO_USE_X_FORWARDED_HOST", False)
+
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
+# Probes reach the pod over plain HTTP by IP: never redirect them (HealthCheckMiddleware
+# answers before SecurityMiddleware anyway; this keeps a reordered stack safe).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", PRODUCTION)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", PRODUCTION)
+X_FRAME_OPTIONS = "DENY"
+
+# --- Showcase ----------------------------------------------------------------------------------
+
+# The upstream the /sync/upstream/ and /async/upstream/ views call; `python -m
+# apps.showcase.upstream` serves one that answers after ?ms=N milliseconds.
+SHOWCASE_UPSTREAM_URL = os.environ.get("SHOWCASE_UPSTREAM_URL", "http://127.0.0.1:8003/")
+SHOWCASE_UPSTREAM_TIMEOUT = float(os.environ.get("SHOWCASE_UPSTREAM_TIMEOUT", "10"))
+
+# --- Logging -----------------------------------------------------------------------------------
+
+LOG_LEVEL = os.environ.get("DJANGO_LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "apps.core.logging.RequestIDFilter"}},
+    "formatters": {
+        "default": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["request_id"],
+            "formatter": "default",
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}
