@@ -1,1 +1,166 @@
-"""System checks (placeholder)."""
+"""System checks: warn about middleware that will cost thread hops under ASGI.
+
+- dualserve.W001: a middleware that is not async-capable. Under ASGI Django calls it through
+  `sync_to_async` and adapts everything below it back with `async_to_sync`, on every request.
+- dualserve.W002: a middleware that is async-capable only through `MiddlewareMixin`, whose
+  `__acall__` runs each `process_request`/`process_response` in its own `sync_to_async`, or that
+  has a sync `process_view` (the handler wraps it in one more). Django ticket #37177.
+
+Each warning names the middleware, the hops it costs per request, and the native replacement
+when the template ships one (apps.core.native.REPLACEMENTS).
+
+Django's deploy checks find its middlewares by their exact dotted paths, so with the native
+subclasses in MIDDLEWARE they would skip HSTS, SSL redirect, secure cookies and the rest in
+silence. `security_with_native_middleware` runs those checks again with each native class
+named by the Django path it replaces. The project silences Django's "middleware missing"
+warnings (security.W001-W003), which the dotted-path test gets wrong here; this check raises
+them again as dualserve.W011-W013 when the middleware really is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction
+from django.conf import settings
+from django.core.checks import CheckMessage, Tags, Warning, register
+from django.core.checks.security import base as security_base
+from django.core.checks.security import csrf as security_csrf
+from django.core.checks.security import sessions as security_sessions
+from django.core.exceptions import MiddlewareNotUsed
+from django.http import HttpRequest, HttpResponse
+from django.utils.deprecation import MiddlewareMixin
+from django.test.utils import override_settings
+from django.utils.module_loading import import_string
+
+from apps.core.native import REPLACEMENTS
+
+HOOKS = ("process_request", "process_response")
+
+
+async def _async_get_response(request: HttpRequest) -> HttpResponse:
+    return HttpResponse()  # never called: the check only builds the middleware
+
+
+def asgi_hops(middleware_class: type[Any]) -> int | None:
+    """Return the thread hops `middleware_class` adds to one ASGI request (None: unknown).
+
+    The middleware is built the way the ASGI handler builds it (with an async get_response),
+    so per-instance choices, such as the native classes exposing an async process_view, count.
+    """
+    if not getattr(middleware_class, "async_capable", False):
+        return None
+    try:
+        instance = middleware_class(_async_get_response)
+    except MiddlewareNotUsed:
+        return 0
+    # MiddlewareMixin's own __acall__ hops once per hook; so does a native class whose hooks
+    # cannot run on the event loop under the current settings.
+    hooks_hop = isinstance(instance, MiddlewareMixin) and (
+        type(instance).__acall__ is MiddlewareMixin.__acall__
+        or not getattr(instance, "hooks_are_native", lambda: True)()
+    )
+    hops = sum(1 for hook in HOOKS if hooks_hop and hasattr(instance, hook))
+    process_view = getattr(instance, "process_view", None)
+    if process_view is not None and not iscoroutinefunction(process_view):
+        hops += 1
+    return hops
+
+
+def _replacement_hint(path: str) -> str | None:
+    replacement = REPLACEMENTS.get(path)
+    return f"Use {replacement!r}, the template's native replacement." if replacement else None
+
+
+def check_middleware(middleware: Sequence[str]) -> list[CheckMessage]:
+    """Return one warning per entry of `middleware` that costs thread hops under ASGI."""
+    messages: list[CheckMessage] = []
+    for path in middleware:
+        try:
+            middleware_class = import_string(path)
+        except ImportError:
+            continue  # Django reports unimportable middleware itself at start-up
+        hops = asgi_hops(middleware_class)
+        if hops is None:
+            messages.append(
+                Warning(
+                    f"{path} is not async-capable: under ASGI every request hops to a thread "
+                    "for it (sync_to_async) and back for the rest of the stack (async_to_sync).",
+                    hint=_replacement_hint(path)
+                    or "Make it async-capable (sync_capable and async_capable, see "
+                    "apps.core.middleware.BothModesMiddleware).",
+                    obj=path,
+                    id="dualserve.W001",
+                )
+            )
+        elif hops:
+            messages.append(
+                Warning(
+                    f"{path} costs {hops} thread hop{'s' if hops > 1 else ''} per request under "
+                    "ASGI: its hooks run in sync_to_async.",
+                    hint=_replacement_hint(path)
+                    or "Give it an async path that calls its hooks directly when they do no I/O.",
+                    obj=path,
+                    id="dualserve.W002",
+                )
+            )
+    return messages
+
+
+@register("async")
+def middleware_thread_hops(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Warn about MIDDLEWARE entries that will cost thread hops under ASGI."""
+    return check_middleware(settings.MIDDLEWARE)
+
+
+# Django's deploy checks that look for a middleware by its dotted path.
+MIDDLEWARE_DEPENDENT_CHECKS = (
+    security_base.check_security_middleware,
+    security_base.check_xframe_options_middleware,
+    security_base.check_sts,
+    security_base.check_sts_include_subdomains,
+    security_base.check_sts_preload,
+    security_base.check_content_type_nosniff,
+    security_base.check_ssl_redirect,
+    security_base.check_xframe_deny,
+    security_base.check_referrer_policy,
+    security_base.check_cross_origin_opener_policy,
+    security_csrf.check_csrf_middleware,
+    security_csrf.check_csrf_cookie_secure,
+    security_sessions.check_session_cookie_secure,
+    security_sessions.check_session_cookie_httponly,
+)
+# The project silences Django's IDs for these (see the module docstring).
+RENUMBERED = {
+    "security.W001": "dualserve.W011",
+    "security.W002": "dualserve.W012",
+    "security.W003": "dualserve.W013",
+}
+DJANGO_PATH_OF = {
+    native: django for django, native in REPLACEMENTS.items() if native.startswith("apps.core.native.")
+}
+
+
+def _run(middleware: list[str], app_configs: Any) -> list[CheckMessage]:
+    with override_settings(MIDDLEWARE=middleware):
+        return [m for check in MIDDLEWARE_DEPENDENT_CHECKS for m in check(app_configs)]
+
+
+@register(Tags.security, deploy=True)
+def security_with_native_middleware(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Run Django's middleware-dependent deploy checks with the native classes recognised."""
+    middleware = list(settings.MIDDLEWARE)
+    canonical = [DJANGO_PATH_OF.get(path, path) for path in middleware]
+    if canonical == middleware:
+        return []  # Django's own run already saw every middleware
+    # Django's own run reports what it saw; its "missing" IDs are silenced, so keep ours.
+    already_reported = {m.id for m in _run(middleware, app_configs)} - set(RENUMBERED)
+    messages = []
+    for message in _run(canonical, app_configs):
+        if message.id in RENUMBERED:
+            message.id = RENUMBERED[message.id]
+        elif message.id in already_reported:
+            continue
+        messages.append(message)
+    return messages

@@ -1,0 +1,70 @@
+"""The system checks: thread hops under ASGI, and the deploy checks kept honest."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import checks
+from django.test import SimpleTestCase, override_settings
+
+from apps.core.checks import check_middleware, security_with_native_middleware
+from apps.core.native import REPLACEMENTS
+from tests.core.test_native import STARTPROJECT_MIDDLEWARE
+
+
+class MiddlewareHopCheckTests(SimpleTestCase):
+    def test_silent_for_the_shipped_settings(self) -> None:
+        self.assertEqual(check_middleware(settings.MIDDLEWARE), [])
+        ids = {m.id for m in checks.run_checks(tags=["async"])}
+        self.assertFalse({i for i in ids if i and i.startswith("dualserve.")}, ids)
+
+    def test_fires_for_every_startproject_middleware(self) -> None:
+        messages = check_middleware(STARTPROJECT_MIDDLEWARE)
+        self.assertEqual([m.obj for m in messages], STARTPROJECT_MIDDLEWARE)
+        for message in messages:
+            with self.subTest(middleware=message.obj):
+                self.assertEqual(message.id, "dualserve.W002")
+                self.assertIn(REPLACEMENTS[str(message.obj)], message.hint or "")
+                self.assertRegex(message.msg, r"costs \d+ thread hops? per request")
+
+    def test_csrf_costs_three_hops(self) -> None:
+        (message,) = check_middleware(["django.middleware.csrf.CsrfViewMiddleware"])
+        self.assertIn("costs 3 thread hops", message.msg)
+
+    def test_sync_only_middleware_is_named(self) -> None:
+        (message,) = check_middleware(["whitenoise.middleware.WhiteNoiseMiddleware"])
+        self.assertEqual(message.id, "dualserve.W001")
+        self.assertIn("apps.core.static.StaticFilesMiddleware", message.hint or "")
+
+    def test_unknown_middleware_gets_a_generic_hint(self) -> None:
+        (message,) = check_middleware(["django.middleware.locale.LocaleMiddleware"])
+        self.assertEqual(message.id, "dualserve.W002")
+        self.assertNotIn("apps.core", message.hint or "")
+
+    def test_registered_check_reads_middleware_setting(self) -> None:
+        with override_settings(MIDDLEWARE=STARTPROJECT_MIDDLEWARE):
+            ids = [m.id for m in checks.run_checks(tags=["async"])]
+        self.assertEqual(ids.count("dualserve.W002"), len(STARTPROJECT_MIDDLEWARE))
+
+
+class DeployChecksWithNativeMiddlewareTests(SimpleTestCase):
+    @override_settings(SECURE_HSTS_SECONDS=0)
+    def test_hsts_is_still_checked(self) -> None:
+        ids = [m.id for m in security_with_native_middleware(None)]
+        self.assertIn("security.W004", ids)
+
+    @override_settings(SESSION_COOKIE_SECURE=False, CSRF_COOKIE_SECURE=False)
+    def test_cookie_security_is_still_checked(self) -> None:
+        ids = [m.id for m in security_with_native_middleware(None)]
+        self.assertIn("security.W016", ids)
+        self.assertIn("security.W012", ids)
+
+    def test_missing_security_middleware_is_reported(self) -> None:
+        without = [m for m in settings.MIDDLEWARE if not m.endswith(".SecurityMiddleware")]
+        with override_settings(MIDDLEWARE=without):
+            ids = [m.id for m in security_with_native_middleware(None)]
+        self.assertIn("dualserve.W011", ids)
+
+    def test_silent_with_djangos_own_paths(self) -> None:
+        # Django's own run covers them: no second report.
+        with override_settings(MIDDLEWARE=STARTPROJECT_MIDDLEWARE, SECURE_HSTS_SECONDS=0):
+            self.assertEqual(security_with_native_middleware(None), [])

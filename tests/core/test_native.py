@@ -1,0 +1,166 @@
+"""The native middleware stack: thread hops under ASGI, and Django's behaviour kept."""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.wsgi import WSGIHandler
+from django.test import AsyncClient, SimpleTestCase, TestCase, override_settings
+from django.utils.module_loading import import_string
+
+from apps.core.checks import asgi_hops
+from tests.support import asgi_request, count_thread_hops
+
+# What `django-admin startproject` ships in 5.2.
+STARTPROJECT_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+
+def asgi_handler(middleware: list[str]) -> ASGIHandler:
+    """Return a Django ASGI handler built with `middleware`."""
+    with override_settings(MIDDLEWARE=middleware):
+        return ASGIHandler()
+
+
+async def hops_of_one_request(application: object, path: str = "/async/ok/") -> int:
+    """Return the sync_to_async calls one request makes, after a warm-up request."""
+    status, _, _ = await asgi_request(application, path)
+    assert status == 200
+    with count_thread_hops() as counts:
+        status, _, _ = await asgi_request(application, path)
+    assert status == 200
+    return counts["sync_to_async"]
+
+
+@override_settings(ROOT_URLCONF="tests.core.urls")
+class ThreadHopTests(SimpleTestCase):
+    async def test_shipped_stack_costs_no_more_hops_than_empty_middleware(self) -> None:
+        from project.asgi import application
+
+        floor = await hops_of_one_request(asgi_handler([]))
+        shipped = await hops_of_one_request(application)
+        # The floor is Django's own: the request_started receivers and response.close().
+        self.assertGreater(floor, 0)
+        self.assertEqual(shipped, floor)
+
+    async def test_shipped_stack_really_runs_on_that_request(self) -> None:
+        from project.asgi import application
+
+        _, headers, _ = await asgi_request(application, "/async/ok/")
+        self.assertEqual(headers["x-interface"], "asgi")
+        self.assertEqual(headers["x-frame-options"], "DENY")
+        self.assertEqual(headers["x-content-type-options"], "nosniff")
+
+    async def test_startproject_stack_costs_exactly_the_hops_the_check_names(self) -> None:
+        floor = await hops_of_one_request(asgi_handler([]))
+        stock = await hops_of_one_request(asgi_handler(STARTPROJECT_MIDDLEWARE))
+        named = sum(asgi_hops(import_string(path)) or 0 for path in STARTPROJECT_MIDDLEWARE)
+        self.assertGreater(named, 0)
+        self.assertEqual(stock - floor, named)
+
+    async def test_csrf_in_sessions_keeps_djangos_hops(self) -> None:
+        with override_settings(CSRF_USE_SESSIONS=True):
+            csrf = import_string("apps.core.native.CsrfViewMiddleware")
+            self.assertEqual(asgi_hops(csrf), 3)
+
+    def test_wsgi_stack_makes_no_thread_hops(self) -> None:
+        self.client.get("/sync/ok/")
+        with count_thread_hops() as counts:
+            response = self.client.get("/sync/ok/")
+        self.assertEqual(response.headers["X-Interface"], "wsgi")
+        self.assertEqual(counts["async_to_sync"], 0)
+        self.assertEqual(counts["sync_to_async"], 0)
+
+
+@override_settings(ROOT_URLCONF="tests.core.urls", DEBUG=True)
+class AdaptationLogTests(SimpleTestCase):
+    """Django logs "Synchronous handler adapted ..." on django.request when DEBUG is on."""
+
+    def test_shipped_stack_is_never_adapted(self) -> None:
+        with self.assertNoLogs("django.request", "DEBUG"):
+            ASGIHandler()
+            WSGIHandler()
+
+    def test_a_sync_only_middleware_is_reported(self) -> None:
+        middleware = [*settings.MIDDLEWARE, "whitenoise.middleware.WhiteNoiseMiddleware"]
+        with (
+            override_settings(MIDDLEWARE=middleware),
+            self.assertLogs("django.request", "DEBUG") as logs,
+        ):
+            ASGIHandler()
+        self.assertTrue(any("adapted" in line for line in logs.output), logs.output)
+
+
+@override_settings(ROOT_URLCONF="tests.core.urls")
+class NativeBehaviourTests(TestCase):
+    """The protections Django's classes give hold under ASGI with the native classes."""
+
+    async def test_async_session_is_saved_and_read_back(self) -> None:
+        first = await self.async_client.get("/async/session/")
+        self.assertEqual(json.loads(first.content), {"visits": 1})
+        self.assertIn(settings.SESSION_COOKIE_NAME, first.cookies)
+        self.assertIn("Cookie", first.headers["Vary"])
+        second = await self.async_client.get("/async/session/")
+        self.assertEqual(json.loads(second.content), {"visits": 2})
+
+    def test_sync_session_under_wsgi_matches(self) -> None:
+        self.client.get("/sync/session/")
+        response = self.client.get("/sync/session/")
+        self.assertEqual(json.loads(response.content), {"visits": 2})
+
+    async def test_flushed_session_deletes_the_cookie(self) -> None:
+        await self.async_client.get("/async/session/")
+        response = await self.async_client.get("/async/session/flush/")
+        cookie = response.cookies[settings.SESSION_COOKIE_NAME]
+        self.assertEqual(cookie.value, "")
+        self.assertEqual(cookie["max-age"], 0)
+
+    async def test_untouched_session_sets_no_cookie(self) -> None:
+        response = await self.async_client.get("/async/ok/")
+        self.assertNotIn(settings.SESSION_COOKIE_NAME, response.cookies)
+        self.assertNotIn("Vary", response.headers)
+
+    async def test_csrf_is_enforced_on_async_views(self) -> None:
+        client = AsyncClient(enforce_csrf_checks=True)
+        rejected = await client.post("/async/post/")
+        self.assertEqual(rejected.status_code, 403)
+        secret = "a" * 32
+        client.cookies[settings.CSRF_COOKIE_NAME] = secret
+        accepted = await client.post("/async/post/", headers={"X-CSRFToken": secret})
+        self.assertEqual(accepted.status_code, 200)
+
+    async def test_security_headers_on_async_responses(self) -> None:
+        response = await self.async_client.get("/async/ok/")
+        self.assertEqual(response.headers["X-Content-Type-Options"], "nosniff")
+        self.assertEqual(response.headers["Referrer-Policy"], "same-origin")
+        self.assertEqual(response.headers["Cross-Origin-Opener-Policy"], "same-origin")
+        self.assertEqual(response.headers["X-Frame-Options"], "DENY")
+
+    @override_settings(SECURE_SSL_REDIRECT=True)
+    async def test_ssl_redirect_under_asgi(self) -> None:
+        response = await self.async_client.get("/async/ok/")
+        self.assertEqual(response.status_code, 301)
+        self.assertTrue(response.headers["Location"].startswith("https://"))
+
+    async def test_append_slash_under_asgi(self) -> None:
+        response = await self.async_client.get("/async/ok")
+        self.assertEqual(response.status_code, 301)
+        self.assertEqual(response.headers["Location"], "/async/ok/")
+
+    async def test_message_added_in_async_view_is_read_later(self) -> None:
+        await self.async_client.get("/async/messages/add/")
+        response = await self.async_client.get("/sync/messages/")
+        self.assertEqual(json.loads(response.content), {"messages": ["hello from async"]})
+
+    async def test_auser_is_anonymous_without_login(self) -> None:
+        response = await self.async_client.get("/async/whoami/")
+        self.assertEqual(json.loads(response.content), {"authenticated": False})

@@ -1,0 +1,63 @@
+"""Small purpose-named views for the middleware tests (mounted by tests.core.urls)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from apps.core.logging import request_id_var
+
+logger = logging.getLogger("tests.core")
+
+
+async def async_ok(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok", content_type="text/plain")
+
+
+def sync_ok(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok", content_type="text/plain")
+
+
+async def async_session_write(request: HttpRequest) -> HttpResponse:
+    await request.session.aset("visits", await request.session.aget("visits", 0) + 1)
+    return JsonResponse({"visits": await request.session.aget("visits")})
+
+
+def sync_session_write(request: HttpRequest) -> HttpResponse:
+    request.session["visits"] = request.session.get("visits", 0) + 1
+    return JsonResponse({"visits": request.session["visits"]})
+
+
+async def async_session_flush(request: HttpRequest) -> HttpResponse:
+    await request.session.aflush()
+    return HttpResponse("flushed")
+
+
+async def async_post(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("posted")
+
+
+async def async_add_message(request: HttpRequest) -> HttpResponse:
+    messages.info(request, "hello from async")
+    return HttpResponse("added")
+
+
+def sync_read_messages(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"messages": [str(m) for m in messages.get_messages(request)]})
+
+
+async def async_whoami(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()
+    return JsonResponse({"authenticated": user.is_authenticated})
+
+
+def sync_log(request: HttpRequest) -> HttpResponse:
+    logger.warning("inside the view")
+    return JsonResponse({"request_id": request_id_var.get()})
+
+
+async def async_log(request: HttpRequest) -> HttpResponse:
+    logger.warning("inside the view")
+    return JsonResponse({"request_id": request_id_var.get()})
