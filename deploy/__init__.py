@@ -1,0 +1,1 @@
+"""Deployment: gunicorn configs per serving mode, the project's worker class, server launchers."""

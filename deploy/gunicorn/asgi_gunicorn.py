@@ -1,0 +1,52 @@
+"""gunicorn config: ASGI on gunicorn's native asyncio worker (`-k asgi`, stable since 25.1).
+
+Run from the repo root: `gunicorn -c deploy/gunicorn/asgi_gunicorn.py`. No uvicorn involved:
+gunicorn's own protocol, lifespan and access log. It parses HTTP in pure Python unless the
+optional C parser is installed (`gunicorn[fast]`, used automatically when present).
+"""
+
+# Shared by every mode (one comment per setting in common.py). gunicorn reads a config
+# file's module globals, so these imported names ARE this file's settings, not unused imports.
+# ruff: noqa: F401
+from deploy.gunicorn.common import (
+    access_log_format,
+    accesslog,
+    backlog,
+    bind_from_env,
+    control_socket,
+    control_socket_disable,
+    errorlog,
+    forwarded_allow_ips,
+    graceful_timeout,
+    keepalive,
+    limit_request_field_size,
+    limit_request_fields,
+    limit_request_line,
+    loglevel,
+    max_requests,
+    max_requests_jitter,
+    timeout,
+    when_ready,
+    worker_tmp_dir,
+    workers,
+)
+
+# --- Server socket -------------------------------------------------------------------------------
+
+# The ASGI port; BIND or PORT overrides it.
+bind = bind_from_env(8002)
+
+# --- Worker processes ----------------------------------------------------------------------------
+
+# The ASGI callable (it answers the lifespan scope itself; Django does not).
+wsgi_app = "project.asgi:application"
+# gunicorn's native ASGI worker; `threads` has no effect on it (it warns when set above 1).
+worker_class = "asgi"
+# Concurrent connections per worker: the asgi worker's concurrency limit.
+worker_connections = 1000
+# uvloop explicitly: "auto" would fall back to asyncio silently if uvloop went missing.
+asgi_loop = "uvloop"
+# "on": a start-up that fails stops the server instead of serving without lifespan.
+asgi_lifespan = "on"
+# The C parser (gunicorn[fast]) when installed, else the pure-Python one.
+http_parser = "auto"

@@ -1,0 +1,132 @@
+"""The project's gunicorn worker for uvicorn: `worker_class = "deploy.workers.UvicornWorker"`.
+
+uvicorn_worker.UvicornWorker (0.4) hands uvicorn only keepalive, timeout, max_requests,
+forwarded_allow_ips, backlog and SSL from gunicorn's config. This subclass also passes on:
+
+- lifespan "on": project.asgi answers the lifespan scope, so a failed start-up must stop the
+  worker rather than be logged and ignored ("auto");
+- worker_connections -> limit_concurrency, as gunicorn's gthread and asgi workers honour it;
+- graceful_timeout -> timeout_graceful_shutdown, so in-flight requests are cancelled cleanly
+  just before the master's SIGKILL instead of being killed mid-response;
+- access_log_format: uvicorn writes its own fixed access line; here gunicorn's logger writes
+  it, so every serving mode logs the same format (with request time and request ID).
+
+Not passed because uvicorn has no equivalent with httptools: limit_request_line/_fields/
+_field_size (httptools accepts any header size; nginx's large_client_header_buffers guards).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, ClassVar
+
+from uvicorn_worker import UvicornWorker as StockUvicornWorker
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Seconds between uvicorn cancelling what is still running and the master's SIGKILL.
+SHUTDOWN_MARGIN = 1
+
+
+class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (no py.typed)
+    """uvicorn_worker.UvicornWorker with uvloop, httptools and the settings it drops."""
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        # Explicit, so a missing uvloop or httptools fails the start instead of falling back.
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        # GunicornAccessLog below writes the line in gunicorn's configured format.
+        "access_log": False,
+    }
+    # Set by gunicorn's Worker.load_wsgi(): here, the ASGI application.
+    wsgi: ASGIApp
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Config() only stores these two; the server reads them when it runs.
+        self.config.limit_concurrency = self.cfg.worker_connections
+        self.config.timeout_graceful_shutdown = max(
+            self.cfg.graceful_timeout - SHUTDOWN_MARGIN, SHUTDOWN_MARGIN
+        )
+
+    def load_wsgi(self) -> None:
+        """Load the ASGI app, wrapped so gunicorn's logger writes its access lines."""
+        super().load_wsgi()
+        self.wsgi = GunicornAccessLog(self.wsgi, self.log)
+
+
+class ResponseInfo:
+    """What gunicorn's access-log atoms read from a response: status, headers, bytes sent."""
+
+    def __init__(self) -> None:
+        # uvicorn answers 500 itself when the app fails or returns before starting a response.
+        self.status = 500
+        self.headers: list[tuple[str, str]] = []
+        self.sent = 0
+
+
+def wsgi_style_environ(scope: Scope) -> dict[str, str]:
+    """Return the WSGI-style keys gunicorn's access-log atoms read, built from an HTTP scope."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    raw_uri = raw_path.decode("latin-1") + (f"?{query}" if query else "")
+    client = scope.get("client")
+    environ = {
+        "REQUEST_METHOD": scope["method"],
+        "RAW_URI": raw_uri,
+        "PATH_INFO": scope["path"],
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "REMOTE_ADDR": client[0] if client else "-",
+    }
+    for name, value in scope["headers"]:
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        environ[key] = value.decode("latin-1")
+    return environ
+
+
+class GunicornAccessLog:
+    """ASGI middleware: log each HTTP request through gunicorn's access logger.
+
+    Per-request state lives in locals: one instance serves every connection of the worker.
+    """
+
+    def __init__(self, app: ASGIApp, log: Any) -> None:
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not getattr(self.log, "access_log_enabled", True):
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        response = ResponseInfo()
+
+        async def send_and_record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response.status = message["status"]
+                response.headers = [
+                    (name.decode("latin-1"), value.decode("latin-1"))
+                    for name, value in message.get("headers", [])
+                ]
+            elif message["type"] == "http.response.body":
+                response.sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            elapsed = datetime.timedelta(seconds=time.monotonic() - started)
+            environ = wsgi_style_environ(scope)
+            request_headers = [
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in scope["headers"]
+            ]
+            self.log.access(response, request_headers, environ, elapsed)
