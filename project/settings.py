@@ -63,7 +63,8 @@ SERVER_INTERFACE = os.environ.get("DJANGO_INTERFACE", "")
 
 DEBUG = env_bool("DJANGO_DEBUG", default=not PRODUCTION)
 
-_DEV_SECRET_KEY = "django-insecure-dualserve-local-development-key-never-use-in-production"
+# Local development only: production refuses this key (insecure_production_settings).
+_DEV_SECRET_KEY = "django-insecure-dualserve-local-development-key-never-use-in-production"  # noqa: S105
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "" if PRODUCTION else _DEV_SECRET_KEY)
 
 ALLOWED_HOSTS = env_list(

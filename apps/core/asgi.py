@@ -9,7 +9,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Loose on purpose: Django's handler annotates scope as dict and messages as Mapping.
+ASGIApp = Callable[..., Awaitable[None]]
 
 
 class LifespanApp:

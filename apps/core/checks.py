@@ -30,8 +30,8 @@ from django.core.checks.security import csrf as security_csrf
 from django.core.checks.security import sessions as security_sessions
 from django.core.exceptions import MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse
-from django.utils.deprecation import MiddlewareMixin
 from django.test.utils import override_settings
+from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
 from apps.core.native import REPLACEMENTS
@@ -138,7 +138,9 @@ RENUMBERED = {
     "security.W003": "dualserve.W013",
 }
 DJANGO_PATH_OF = {
-    native: django for django, native in REPLACEMENTS.items() if native.startswith("apps.core.native.")
+    native: django
+    for django, native in REPLACEMENTS.items()
+    if native.startswith("apps.core.native.")
 }
 
 

@@ -41,7 +41,7 @@ class BothModesMiddleware:
         self.get_response = get_response
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
-            markcoroutinefunction(self)
+            markcoroutinefunction(self)  # type: ignore[type-var]
 
 
 # --- Request ID, Server-Timing and interface ----------------------------------------------------

@@ -20,25 +20,27 @@ Django middleware it finds).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages_middleware
 from django.contrib.sessions import middleware as sessions_middleware
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.cache import patch_vary_headers
+from django.utils.deprecation import MiddlewareMixin
 from django.utils.http import http_date
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    _Base = Any
+    # The mixin only ever sits in front of a MiddlewareMixin subclass.
+    _Base = MiddlewareMixin
 else:
     _Base = object
 
@@ -47,44 +49,52 @@ _SESSION_INTERRUPTED = (
     "logged out in a concurrent request, for example."
 )
 
+ResponseT = TypeVar("ResponseT", bound=HttpResponseBase)
+
 
 class NativeHooksMixin(_Base):
     """Run a `MiddlewareMixin` subclass's sync hooks inline in async mode.
 
-    Only for hooks that do no I/O. `process_view` is exposed as a coroutine function in async
-    mode, because `BaseHandler.load_middleware` wraps a sync one in `sync_to_async`.
+    Only for hooks that do no I/O. In async mode `process_view` is shadowed per instance by a
+    coroutine function, because `BaseHandler.load_middleware` wraps a sync one in
+    `sync_to_async`; the class's sync method stays what Django's own tests call.
     """
 
     def __init__(self, get_response: Callable[..., Any]) -> None:
         super().__init__(get_response)
-        if self.async_mode and self.hooks_are_native() and hasattr(self, "process_view"):
-            self.process_view = self.aprocess_view
+        sync_process_view = getattr(self, "process_view", None)
+        if (
+            iscoroutinefunction(get_response)
+            and sync_process_view is not None
+            and self.hooks_are_native()
+        ):
+
+            async def process_view(
+                request: HttpRequest,
+                view_func: Callable[..., Any],
+                view_args: tuple[Any, ...],
+                view_kwargs: dict[str, Any],
+            ) -> HttpResponseBase | None:
+                response: HttpResponseBase | None = sync_process_view(
+                    request, view_func, view_args, view_kwargs
+                )
+                return response
+
+            # An instance attribute, so only this async-mode instance changes.
+            setattr(self, "process_view", process_view)  # noqa: B010
 
     def hooks_are_native(self) -> bool:
         """Return whether the hooks may run on the event loop (no I/O under these settings)."""
         return True
 
-    async def aprocess_view(
-        self,
-        request: HttpRequest,
-        view_func: Callable[..., Any],
-        view_args: tuple[Any, ...],
-        view_kwargs: dict[str, Any],
-    ) -> HttpResponseBase | None:
-        """Run the class's sync `process_view` inline."""
-        result: HttpResponseBase | None = type(self).process_view(
-            self, request, view_func, view_args, view_kwargs
-        )
-        return result
-
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         if not self.hooks_are_native():
             response: HttpResponseBase = await super().__acall__(request)
             return response
-        response = None
+        early: HttpResponseBase | None = None
         if hasattr(self, "process_request"):
-            response = self.process_request(request)
-        response = response or await self.get_response(request)
+            early = self.process_request(request)
+        response = early or await self.get_response(request)  # type: ignore[misc]
         if hasattr(self, "process_response"):
             response = self.process_response(request, response)
         return response
@@ -131,11 +141,13 @@ class MessageMiddleware(NativeHooksMixin, messages_middleware.MessageMiddleware)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         self.process_request(request)
-        response: HttpResponseBase = await self.get_response(request)
+        response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
         storage = getattr(request, "_messages", None)
         if storage is not None and (storage.used or storage.added_new):
+            # django-stubs narrows the hook to HttpResponse; Django passes any response.
             response = await sync_to_async(self.process_response, thread_sensitive=True)(
-                request, response
+                request,
+                response,  # type: ignore[arg-type]
             )
         return response
 
@@ -148,16 +160,14 @@ class SessionMiddleware(NativeHooksMixin, sessions_middleware.SessionMiddleware)
     session costs nothing and one that modified it costs only the backend's own I/O.
     """
 
-    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         state = session_state(request)
         if state is None:
             return response
         session, must_save = state
         if must_save and response.status_code < 500:
-            if session.get_expire_at_browser_close():
-                max_age = None
-            else:
-                max_age = session.get_expiry_age()
+            at_browser_close = session.get_expire_at_browser_close()
+            max_age = None if at_browser_close else session.get_expiry_age()
             try:
                 session.save()
             except UpdateError:
@@ -167,16 +177,14 @@ class SessionMiddleware(NativeHooksMixin, sessions_middleware.SessionMiddleware)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         self.process_request(request)
-        response: HttpResponseBase = await self.get_response(request)
+        response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
         state = session_state(request)
         if state is None:
             return response
         session, must_save = state
         if must_save and response.status_code < 500:
-            if await session.aget_expire_at_browser_close():
-                max_age = None
-            else:
-                max_age = await session.aget_expiry_age()
+            at_browser_close = await session.aget_expire_at_browser_close()
+            max_age = None if at_browser_close else await session.aget_expiry_age()
             try:
                 await session.asave()
             except UpdateError:
@@ -207,23 +215,20 @@ def set_session_cookie(
     expires = None if max_age is None else http_date(time.time() + max_age)
     response.set_cookie(
         settings.SESSION_COOKIE_NAME,
-        session.session_key,
+        str(session.session_key),
         max_age=max_age,
         expires=expires,
         domain=settings.SESSION_COOKIE_DOMAIN,
         path=settings.SESSION_COOKIE_PATH,
-        secure=settings.SESSION_COOKIE_SECURE or None,
-        httponly=settings.SESSION_COOKIE_HTTPONLY or None,
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=settings.SESSION_COOKIE_HTTPONLY,
         samesite=settings.SESSION_COOKIE_SAMESITE,
     )
 
 
 def finish_session_response(
-    request: HttpRequest,
-    response: HttpResponseBase,
-    session: SessionBase,
-    saved: bool,
-) -> HttpResponseBase:
+    request: HttpRequest, response: ResponseT, session: SessionBase, saved: bool
+) -> ResponseT:
     """Delete the cookie of an emptied session and vary on Cookie where Django does."""
     if settings.SESSION_COOKIE_NAME in request.COOKIES and session.is_empty():
         response.delete_cookie(

@@ -20,7 +20,9 @@ class LifespanTests(SimpleTestCase):
             application, {"type": "lifespan", "asgi": {"version": "3.0"}}
         )
         await communicator.send_input({"type": "lifespan.startup"})
-        self.assertEqual(await communicator.receive_output(2), {"type": "lifespan.startup.complete"})
+        self.assertEqual(
+            await communicator.receive_output(2), {"type": "lifespan.startup.complete"}
+        )
         await communicator.send_input({"type": "lifespan.shutdown"})
         self.assertEqual(
             await communicator.receive_output(2), {"type": "lifespan.shutdown.complete"}

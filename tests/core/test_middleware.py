@@ -67,7 +67,9 @@ class RequestContextTests(SimpleTestCase):
         self.assertEqual(response.headers["X-Interface"], "asgi")
 
     def test_log_records_carry_the_request_id(self) -> None:
-        self._assert_logged_with_id(lambda: self.client.get("/sync/log/", headers={"X-Request-ID": "sync-1"}), "sync-1")
+        self._assert_logged_with_id(
+            lambda: self.client.get("/sync/log/", headers={"X-Request-ID": "sync-1"}), "sync-1"
+        )
 
     def test_async_log_records_carry_the_request_id(self) -> None:
         from asgiref.sync import async_to_sync
