@@ -1,6 +1,270 @@
-from django.http import HttpRequest, HttpResponse
+"""Mirrored views: `sync_<kind>` and `async_<kind>` give identical answers in their own way.
+
+Parsing, payloads and errors live in params.py, payloads.py and clients.py; a twin here only
+does what differs: how it waits, calls, queries or streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar, cast
+
+from asgiref.sync import iscoroutinefunction
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+
+from apps.core.middleware import interface_of
+from apps.showcase import clients, params, payloads
+from apps.showcase.clients import UpstreamFailure
+from apps.showcase.models import Item
+from apps.showcase.params import ParamError
+
+View = TypeVar("View", bound=Callable[..., Any])
 
 
+def endpoint(*methods: str) -> Callable[[View], View]:
+    """Allow only `methods` (405 JSON otherwise) and answer refused input with a JSON error."""
+
+    def decorate(view: View) -> View:
+        if iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if request.method not in methods:
+                    return payloads.method_not_allowed(str(request.method), methods)
+                try:
+                    return await view(request, *args, **kwargs)
+                except (ParamError, UpstreamFailure) as exc:
+                    return payloads.error_response(exc.status, exc.message)
+
+            return cast(View, async_wrapper)
+
+        @functools.wraps(view)
+        def sync_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            if request.method not in methods:
+                return payloads.method_not_allowed(str(request.method), methods)
+            try:
+                return view(request, *args, **kwargs)
+            except (ParamError, UpstreamFailure) as exc:
+                return payloads.error_response(exc.status, exc.message)
+
+        return cast(View, sync_wrapper)
+
+    return decorate
+
+
+@endpoint("GET", "HEAD")
 def index(request: HttpRequest) -> HttpResponse:
-    """Placeholder until the showcase lands."""
-    return HttpResponse("dualserve\n", content_type="text/plain")
+    """List the endpoints, with example links, and name the interface serving this page."""
+    context = {"interface": interface_of(request), "endpoints": payloads.ENDPOINTS}
+    return render(request, "showcase/index.html", context)
+
+
+# --- hello, json ------------------------------------------------------------------------------
+
+
+@endpoint("GET")
+def sync_hello(request: HttpRequest) -> HttpResponse:
+    """Answer plain text."""
+    return payloads.hello_response()
+
+
+@endpoint("GET")
+async def async_hello(request: HttpRequest) -> HttpResponse:
+    """Answer plain text."""
+    return payloads.hello_response()
+
+
+@endpoint("GET")
+def sync_json(request: HttpRequest) -> JsonResponse:
+    """Answer a small JSON document."""
+    return JsonResponse(payloads.json_payload())
+
+
+@endpoint("GET")
+async def async_json(request: HttpRequest) -> JsonResponse:
+    """Answer a small JSON document."""
+    return JsonResponse(payloads.json_payload())
+
+
+# --- sleep ------------------------------------------------------------------------------------
+
+
+@endpoint("GET")
+def sync_sleep(request: HttpRequest) -> JsonResponse:
+    """Block the thread for ?ms=N: the worker (or thread) serves nobody else meanwhile."""
+    ms = params.sleep_ms(request.GET)
+    time.sleep(ms / 1000)
+    return JsonResponse(payloads.slept_payload(ms))
+
+
+@endpoint("GET")
+async def async_sleep(request: HttpRequest) -> JsonResponse:
+    """Wait ?ms=N on the event loop: the worker serves other requests meanwhile."""
+    ms = params.sleep_ms(request.GET)
+    await asyncio.sleep(ms / 1000)
+    return JsonResponse(payloads.slept_payload(ms))
+
+
+# --- upstream ---------------------------------------------------------------------------------
+
+
+@endpoint("GET")
+def sync_upstream(request: HttpRequest) -> JsonResponse:
+    """Call the upstream with ?ms=N through the process's httpx.Client (502/504 on failure)."""
+    ms = params.upstream_ms(request.GET)
+    return JsonResponse(payloads.upstream_payload(ms, clients.fetch_upstream(ms)))
+
+
+@endpoint("GET")
+async def async_upstream(request: HttpRequest) -> JsonResponse:
+    """Call the upstream with ?ms=N through the loop's httpx.AsyncClient (502/504 on failure)."""
+    ms = params.upstream_ms(request.GET)
+    return JsonResponse(payloads.upstream_payload(ms, await clients.afetch_upstream(ms)))
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+def any_item_id() -> int:
+    """Return the id of one of the seeded items, spreading reads over them."""
+    return random.randint(1, Item.SEED_ROWS)  # noqa: S311  (load spreading, not security)
+
+
+def missing_item(pk: int) -> JsonResponse:
+    """Return the 404 for an item id that does not exist."""
+    return payloads.error_response(404, f"no item with id {pk}")
+
+
+# The POST endpoints (db write, upload) are csrf_exempt: benchmark clients (wrk, hey) send no
+# CSRF token, and these endpoints touch no session, user or cookie a forged request could abuse.
+@csrf_exempt
+@endpoint("GET", "POST")
+def sync_db(request: HttpRequest) -> JsonResponse:
+    """GET: read one item (?id=N, else any) and the count; POST: create one (sync ORM)."""
+    if request.method == "POST":
+        name, value = params.new_item(request.POST)
+        item = Item.objects.create(name=name, value=value)
+        return JsonResponse({"item": payloads.item_payload(item)}, status=201)
+    pk = params.item_id(request.GET) or any_item_id()
+    try:
+        item = Item.objects.get(pk=pk)
+    except Item.DoesNotExist:
+        return missing_item(pk)
+    return JsonResponse({"item": payloads.item_payload(item), "count": Item.objects.count()})
+
+
+@csrf_exempt
+@endpoint("GET", "POST")
+async def async_db(request: HttpRequest) -> JsonResponse:
+    """GET: read one item (?id=N, else any) and the count; POST: create one (async ORM)."""
+    if request.method == "POST":
+        name, value = params.new_item(request.POST)
+        item = await Item.objects.acreate(name=name, value=value)
+        return JsonResponse({"item": payloads.item_payload(item)}, status=201)
+    pk = params.item_id(request.GET) or any_item_id()
+    try:
+        item = await Item.objects.aget(pk=pk)
+    except Item.DoesNotExist:
+        return missing_item(pk)
+    return JsonResponse({"item": payloads.item_payload(item), "count": await Item.objects.acount()})
+
+
+# --- cpu --------------------------------------------------------------------------------------
+
+
+@endpoint("GET")
+def sync_cpu(request: HttpRequest) -> JsonResponse:
+    """Run ?n=N rounds of pure-Python arithmetic."""
+    return JsonResponse(payloads.cpu_payload(params.cpu_n(request.GET)))
+
+
+@endpoint("GET")
+async def async_cpu(request: HttpRequest) -> JsonResponse:
+    """Run ?n=N rounds of pure-Python arithmetic inline, on the event loop, on purpose.
+
+    Async gains nothing here: the work holds the GIL, so no other request of the worker runs
+    until it ends, and handing it to a thread would only add a hop; only more processes help.
+    """
+    return JsonResponse(payloads.cpu_payload(params.cpu_n(request.GET)))
+
+
+# --- stream -----------------------------------------------------------------------------------
+
+
+def sync_events(events: int, interval_ms: int) -> Iterator[bytes]:
+    """Yield the events, sleeping the thread `interval_ms` between two."""
+    for number in range(1, events + 1):
+        if number > 1:
+            time.sleep(interval_ms / 1000)
+        yield payloads.sse_event(number, events)
+
+
+async def async_events(events: int, interval_ms: int) -> AsyncIterator[bytes]:
+    """Yield the events, waiting on the loop `interval_ms` between two."""
+    for number in range(1, events + 1):
+        if number > 1:
+            await asyncio.sleep(interval_ms / 1000)
+        yield payloads.sse_event(number, events)
+
+
+@endpoint("GET")
+def sync_stream(request: HttpRequest) -> StreamingHttpResponse:
+    """Send ?events=N Server-Sent Events, one every ?interval=ms, from a sync generator.
+
+    Under WSGI each event leaves when yielded, and the worker (or thread) is held for the
+    whole stream. Under ASGI Django cannot iterate a sync generator on the event loop: it
+    consumes the WHOLE generator first, warning "StreamingHttpResponse must consume
+    synchronous iterators", and only then sends every event at once. A stream that never ends
+    never sends anything there. Serve SSE under ASGI from the async twin.
+    """
+    events, interval = params.stream(request.GET)
+    return payloads.sse_response(sync_events(events, interval))
+
+
+@endpoint("GET")
+async def async_stream(request: HttpRequest) -> StreamingHttpResponse:
+    """Send ?events=N Server-Sent Events, one every ?interval=ms, from an async generator.
+
+    Under ASGI each event leaves when yielded and a waiting stream costs the worker nothing.
+    Under WSGI Django has to consume the async generator whole before sending (the mirror
+    warning, "must consume asynchronous iterators"): serve SSE under WSGI from the sync twin.
+    """
+    events, interval = params.stream(request.GET)
+    return payloads.sse_response(async_events(events, interval))
+
+
+# --- upload -----------------------------------------------------------------------------------
+
+
+@csrf_exempt
+@endpoint("POST")
+def sync_upload(request: HttpRequest) -> JsonResponse:
+    """Answer the body's size and sha256, read in 64 KiB chunks (413 above the limit).
+
+    Under WSGI a body sent chunked, without Content-Length, reaches Django empty; nginx in
+    front re-frames it with a length.
+    """
+    limit = params.upload_max_bytes()
+    params.declared_length(request.META, limit)
+    return JsonResponse(payloads.digest_body(request.read, limit))
+
+
+@csrf_exempt
+@endpoint("POST")
+async def async_upload(request: HttpRequest) -> JsonResponse:
+    """Answer the body's size and sha256, read in 64 KiB chunks (413 above the limit).
+
+    Under ASGI Django has already received the whole body (spooled to a temporary file above
+    FILE_UPLOAD_MAX_MEMORY_SIZE) before the view runs, so the limit here refuses the answer,
+    not the transfer: nginx's client_max_body_size is what stops a large body early. Reading
+    and hashing stay inline: a local file read and hashlib, no network wait.
+    """
+    limit = params.upload_max_bytes()
+    params.declared_length(request.META, limit)
+    return JsonResponse(payloads.digest_body(request.read, limit))
