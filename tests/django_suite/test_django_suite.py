@@ -1,0 +1,71 @@
+"""Django's own tests pass with apps.core.native's classes wherever they pass with Django's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.django_suite.run import DEFAULT_LABELS, REPO_ROOT, RUN_TIMEOUT
+
+pytestmark = pytest.mark.slow
+
+# Two runtests.py runs, plus the sdist download on a machine without the cache.
+TIMEOUT = 2 * RUN_TIMEOUT + 120
+
+
+def run_script(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run tests.django_suite.run with `args`; return the process and its JSON report."""
+    report = tmp_path / "report.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.django_suite.run", f"--json={report}", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    print(completed.stdout, completed.stderr)
+    assert report.exists(), completed.stderr[-3000:]
+    return completed, json.loads(report.read_text())
+
+
+def test_native_middlewares_pass_every_test_djangos_pass(tmp_path: Path) -> None:
+    completed, report = run_script(tmp_path)
+
+    assert report["problems"] == [], completed.stdout
+    assert list(report["labels"]) == DEFAULT_LABELS
+    for label, row in report["labels"].items():
+        assert row["lost"] == [], label
+        assert row["django"]["passed"] > 0, label
+        assert row["ours"]["passed"] >= row["django"]["passed"], label
+    assert completed.returncode == 0
+    # The tests really ran our classes, and those of startproject's list that Django's suite
+    # puts in its own MIDDLEWARE also ran in async mode (through the test AsyncClient).
+    substituted = {line.split(" -> ")[-1] for line in report["substituted"] if " -> " in line}
+    assert set(report["instances"]) == substituted
+    assert "apps.core.native.SessionMiddleware" in substituted
+    for cls, modes in report["instances"].items():
+        assert modes["sync"] > 0, cls
+    for name in ("Session", "Common", "CsrfView", "Authentication", "Message"):
+        assert report["instances"][f"apps.core.native.{name}Middleware"]["async"] > 0, name
+
+
+def test_a_broken_replacement_is_reported(tmp_path: Path) -> None:
+    completed, report = run_script(
+        tmp_path,
+        "--labels=middleware.test_security",
+        "--substitute=django.middleware.security.SecurityMiddleware="
+        "tests.django_suite.controls.SecurityMiddlewareWithoutNosniff",
+    )
+
+    assert completed.returncode == 1
+    row = report["labels"]["middleware.test_security"]
+    assert row["django"]["passed"] > 0
+    assert "middleware.test_security.SecurityMiddlewareTest.test_content_type_on" in row["lost"]
+    assert all("content_type" in test for test in row["lost"])
+    assert row["ours"]["passed"] == row["django"]["passed"] - len(row["lost"])
