@@ -23,6 +23,9 @@ test: install  ## Run the whole suite: pytest, then Django's own runner on the a
 test-fast: install  ## The suite without the slow, process-heavy tests.
 	$(RUN)/pytest -m "not slow"
 
+django-tests: install  ## Django's own middleware tests, Django's classes vs apps.core.native's.
+	$(RUN)/python -m tests.django_suite.run $(if $(LABELS),--labels $(LABELS))
+
 lint: install  ## ruff and mypy, as the suite runs them.
 	$(RUN)/ruff check .
 	$(RUN)/ruff format --check .
