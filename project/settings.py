@@ -129,6 +129,9 @@ MIDDLEWARE = [
 SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 
 ROOT_URLCONF = "project.urls"
+# Idle request threads the ASGI handler keeps per worker process (apps.core.asgi): a request
+# reuses one instead of starting and joining a thread of its own.
+ASGI_IDLE_THREADS = env_int("DJANGO_ASGI_IDLE_THREADS", 64)
 WSGI_APPLICATION = "project.wsgi.application"
 ASGI_APPLICATION = "project.asgi.application"
 

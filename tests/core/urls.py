@@ -14,4 +14,5 @@ urlpatterns = [
     path("async/whoami/", views.async_whoami),
     path("sync/log/", views.sync_log),
     path("async/log/", views.async_log),
+    path("sync/thread/", views.sync_thread),
 ]

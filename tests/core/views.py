@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -61,3 +63,9 @@ def sync_log(request: HttpRequest) -> HttpResponse:
 async def async_log(request: HttpRequest) -> HttpResponse:
     logger.warning("inside the view")
     return JsonResponse({"request_id": request_id_var.get()})
+
+
+def sync_thread(request: HttpRequest) -> HttpResponse:
+    """Name the thread a sync view runs on (under ASGI: the request's executor thread)."""
+    time.sleep(float(request.GET.get("sleep", "0")))
+    return JsonResponse({"thread": threading.current_thread().name})
