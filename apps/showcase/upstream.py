@@ -30,6 +30,9 @@ MAX_HEAD_BYTES = 8192
 # keepalive expiry (5 s), so the client, not the server, retires idle connections and never
 # reuses one the server is closing.
 IDLE_TIMEOUT = 75.0
+# How long, and how much, a refused client may still send before the connection closes.
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 1024 * 1024
 # Room for thousands of connections arriving at once (the kernel caps it at somaxconn).
 BACKLOG = 4096
 
@@ -124,6 +127,26 @@ def render(status: int, payload: dict[str, object], keep_alive: bool) -> bytes:
     return (head + "\r\n").encode("latin-1") + body
 
 
+async def refuse(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, message: str
+) -> None:
+    """Answer an error, then read and drop what the client still sends until it closes.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    answer before the client reads it; half-closing first and draining the rest (briefly,
+    boundedly) lets the answer arrive, as nginx's lingering close does.
+    """
+    writer.write(render(status, {"error": message}, keep_alive=False))
+    await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            for _ in range(LINGER_MAX_BYTES // MAX_HEAD_BYTES):
+                if not await reader.read(MAX_HEAD_BYTES):
+                    break
+
+
 class UpstreamServer:
     """The server: `await start()`, `await stop()`; `waiting`/`peak_waiting` count waits."""
 
@@ -178,15 +201,13 @@ class UpstreamServer:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
         except asyncio.LimitOverrunError:
-            writer.write(render(431, {"error": "request head too large"}, keep_alive=False))
-            await writer.drain()
+            await refuse(reader, writer, 431, "request head too large")
             return False
         try:
             request = parse_head(head)
             ms = wait_ms(request)
         except BadRequest as exc:
-            writer.write(render(exc.status, {"error": str(exc)}, keep_alive=False))
-            await writer.drain()
+            await refuse(reader, writer, exc.status, str(exc))
             return False
         self.requests += 1
         self.waiting += 1
@@ -249,7 +270,9 @@ class RunningUpstream:
             self._loop.close()
 
     def __enter__(self) -> RunningUpstream:
-        return self.start()
+        if not self._ready.is_set():
+            self.start()
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()

@@ -63,7 +63,9 @@ class TwinAssertions:
             async_body if async_body is not None else body_of(async_),
         )
 
-    def assertJsonError(self: SimpleTestCase, response: HttpResponseBase, status: int, fragment: str) -> None:
+    def assertJsonError(
+        self: SimpleTestCase, response: HttpResponseBase, status: int, fragment: str
+    ) -> None:
         """Assert a JSON error answer with `status` whose message contains `fragment`."""
         self.assertEqual(response.status_code, status, body_of(response))
         self.assertEqual(response["Content-Type"], "application/json")

@@ -108,7 +108,7 @@ class CpuTests(PairTestCase):
 class ValidationTests(PairTestCase):
     """Bad or out-of-range input: a 400 JSON error naming the problem, never a 500."""
 
-    CASES = [
+    CASES = (
         ("sleep", "?ms=abc", "ms must be an integer, got 'abc'"),
         ("sleep", "?ms=", "ms must be an integer, got ''"),
         ("sleep", "?ms=-1", "ms must be between 0 and 10000, got -1"),
@@ -125,7 +125,7 @@ class ValidationTests(PairTestCase):
         ("stream", "?events=1000&interval=1000", "events x interval must stay within 60000 ms"),
         ("db", "?id=0", "id must be between 1 and"),
         ("db", "?id=one", "id must be an integer, got 'one'"),
-    ]
+    )
 
     def test_bad_parameters(self):
         for kind, query, message in self.CASES:
@@ -342,7 +342,7 @@ class StreamAcrossInterfacesTests(SimpleTestCase):
 
     async def test_sync_stream_under_asgi_is_consumed_whole_first(self):
         with self.assertWarnsMessage(Warning, "must consume synchronous iterators"):
-            status, headers, chunks = await asgi_request(
+            status, _, chunks = await asgi_request(
                 ASGIHandler(), "/sync/stream/", query_string=b"events=3&interval=0"
             )
         self.assertEqual(status, 200)
@@ -354,7 +354,7 @@ class StreamAcrossInterfacesTests(SimpleTestCase):
             status, headers, chunks = await asgi_request(
                 ASGIHandler(), "/async/stream/", query_string=b"events=3&interval=0"
             )
-        self.assertEqual(headers["x-accel-buffering"], "no")
+        self.assertEqual((status, headers["x-accel-buffering"]), (200, "no"))
         self.assertEqual(len(parse_sse(b"".join(chunks))), 3)
 
     def test_async_stream_under_wsgi_is_consumed_whole_first(self):
@@ -469,4 +469,6 @@ class IndexTests(TestCase):
     def test_index_rejects_post(self):
         response = self.client.post("/")
         self.assertEqual(response.status_code, 405)
-        self.assertEqual(json.loads(body_of(response))["error"], "method POST not allowed: use GET, HEAD")
+        self.assertEqual(
+            json.loads(body_of(response))["error"], "method POST not allowed: use GET, HEAD"
+        )
