@@ -105,6 +105,13 @@ INSTALLED_APPS = [
     "apps.showcase",
 ]
 
+# "native" (the default) is the template. "stock" is what popular templates ship:
+# startproject's MIDDLEWARE plus whitenoise's middleware, and Django's own ASGI handler. It
+# exists so the benchmark can show what the native stack buys; never deploy it.
+STACK_PROFILE = os.environ.get("DUALSERVE_PROFILE", "native").strip().lower()
+if STACK_PROFILE not in {"native", "stock"}:
+    raise ImproperlyConfigured(f"DUALSERVE_PROFILE={STACK_PROFILE!r}: use 'native' or 'stock'.")
+
 # Every entry runs natively in both modes: no thread hop per request under ASGI, no
 # async_to_sync under WSGI (apps.core.checks warns about any entry that would). The
 # Django middlewares are replaced one for one by apps.core.native, same behaviour.
@@ -122,6 +129,18 @@ MIDDLEWARE = [
     "apps.core.native.MessageMiddleware",
     "apps.core.native.XFrameOptionsMiddleware",
 ]
+if STACK_PROFILE == "stock":
+    MIDDLEWARE = [
+        "apps.core.middleware.HealthCheckMiddleware",
+        "django.middleware.security.SecurityMiddleware",
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    ]
 
 # Django's deploy checks look for its middlewares by dotted path and miss the native subclasses;
 # apps.core.checks runs them again with the subclasses recognised and reports a missing
@@ -267,4 +286,6 @@ LOGGING = {
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # httpx logs every request at INFO: one line per upstream call of the showcase.
+    "loggers": {"httpx": {"level": "WARNING"}},
 }

@@ -119,4 +119,6 @@ class LifespanApp:
 def get_asgi_application() -> LifespanApp:
     """Set Django up and return the project's ASGI application (what project.asgi serves)."""
     django.setup(set_prefix=False)
+    if settings.STACK_PROFILE == "stock":  # the benchmark's baseline (project/settings.py)
+        return LifespanApp(ASGIHandler())
     return LifespanApp(PooledThreadASGIHandler())

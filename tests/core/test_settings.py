@@ -28,6 +28,7 @@ print(json.dumps({
     "ATOMIC_REQUESTS": db["ATOMIC_REQUESTS"],
     "ALLOWED_HOSTS": settings.ALLOWED_HOSTS,
     "SECURE_SSL_REDIRECT": settings.SECURE_SSL_REDIRECT,
+    "MIDDLEWARE": settings.MIDDLEWARE,
 }))
 """
 
@@ -111,6 +112,17 @@ class SettingsProcessTests(SimpleTestCase):
         self.assertEqual(loaded["NAME"], "app")
         self.assertEqual(loaded["OPTIONS"], {"pool": True})
         self.assertEqual(loaded["CONN_MAX_AGE"], 0)
+
+    def test_stock_profile_is_startproject_plus_whitenoise(self) -> None:
+        native = self.settings_with()["MIDDLEWARE"]
+        stock = self.settings_with(DUALSERVE_PROFILE="stock")["MIDDLEWARE"]
+        assert isinstance(native, list) and isinstance(stock, list)
+        self.assertIn("apps.core.native.CsrfViewMiddleware", native)
+        self.assertIn("django.middleware.csrf.CsrfViewMiddleware", stock)
+        self.assertIn("whitenoise.middleware.WhiteNoiseMiddleware", stock)
+        self.assertFalse([path for path in stock if path.startswith("apps.core.native.")])
+        refused = self.run_python(["-c", PRINT_SETTINGS], {"DUALSERVE_PROFILE": "fast"})
+        self.assertIn("DUALSERVE_PROFILE='fast'", refused.stderr)
 
     def test_bad_boolean_is_refused_with_its_name(self) -> None:
         result = self.run_python(["-c", PRINT_SETTINGS], {"DJANGO_DEBUG": "maybe"})
