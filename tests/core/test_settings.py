@@ -116,7 +116,8 @@ class SettingsProcessTests(SimpleTestCase):
     def test_stock_profile_is_startproject_plus_whitenoise(self) -> None:
         native = self.settings_with()["MIDDLEWARE"]
         stock = self.settings_with(DUALSERVE_PROFILE="stock")["MIDDLEWARE"]
-        assert isinstance(native, list) and isinstance(stock, list)
+        assert isinstance(native, list)
+        assert isinstance(stock, list)
         self.assertIn("apps.core.native.CsrfViewMiddleware", native)
         self.assertIn("django.middleware.csrf.CsrfViewMiddleware", stock)
         self.assertIn("whitenoise.middleware.WhiteNoiseMiddleware", stock)
