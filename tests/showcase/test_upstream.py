@@ -210,8 +210,16 @@ class LifecycleTests(SimpleTestCase):
 class CommandTests(SimpleTestCase):
     @pytest.mark.serving
     def test_module_serves_until_sigterm(self):
+        for loop, module in [("asyncio", "asyncio"), ("uvloop", "uvloop")]:
+            with self.subTest(loop=loop):
+                log = self.serve_one_request_then_stop(loop)
+                self.assertIn(f"upstream event loop: {module}", log)
+                self.assertIn("upstream stopped after 1 requests", log)
+
+    def serve_one_request_then_stop(self, loop: str) -> str:
+        """Run the command on a free port, send one request, SIGTERM it; return its log."""
         process = subprocess.Popen(
-            [sys.executable, "-m", "apps.showcase.upstream", "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, "-m", "apps.showcase.upstream", "--port", "0", "--loop", loop],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -221,15 +229,14 @@ class CommandTests(SimpleTestCase):
         try:
             line = process.stdout.readline()
             self.assertTrue(line.startswith("upstream listening on http://127.0.0.1:"), line)
-            url = line.split()[-1]
-            port = int(url.rsplit(":", 1)[1].rstrip("/"))
+            port = int(line.split()[-1].rsplit(":", 1)[1].rstrip("/"))
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             connection.request("GET", "/?ms=5")
             self.assertEqual(json.loads(connection.getresponse().read())["ms"], 5)
             connection.close()
             process.send_signal(signal.SIGTERM)
             self.assertEqual(process.wait(timeout=10), 0)
-            self.assertIn("upstream stopped after 1 requests", process.stderr.read())
+            return process.stderr.read()
         finally:
             if process.poll() is None:
                 process.kill()
