@@ -27,6 +27,7 @@ NGINX_CLIENT_MAX_BODY_SIZE (64m), NGINX_CLIENT_HEADER_TIMEOUT (10s), NGINX_CLIEN
 (30s), NGINX_SEND_TIMEOUT (30s), NGINX_PROXY_READ_TIMEOUT (60s), NGINX_STREAM_READ_TIMEOUT
 (120s), NGINX_LARGE_CLIENT_HEADER_BUFFERS (4 16k), NGINX_UPSTREAM_KEEPALIVE (32),
 NGINX_UPSTREAM_KEEPALIVE_TIMEOUT (60s), NGINX_MIME_TYPES (/etc/nginx/mime.types).
+NGINX_BINARY names the nginx executable when it is not found on PATH or in /usr/sbin.
 """
 
 from __future__ import annotations
@@ -294,11 +295,14 @@ def render(target: Target, env: Mapping[str, str]) -> str:
     return template.substitute(values(target, env))
 
 
-def nginx_binary() -> str | None:
-    """Return the nginx executable's path, or None when nginx is not installed.
+def nginx_binary(env: Mapping[str, str] | None = None) -> str | None:
+    """Return the nginx executable (NGINX_BINARY, else looked up), or None when there is none.
 
-    Debian installs it in /usr/sbin, which is not on a normal user's PATH.
+    Debian installs nginx in /usr/sbin, which is not on a normal user's PATH.
     """
+    chosen = (env or {}).get("NGINX_BINARY", "").strip()
+    if chosen:
+        return shutil.which(chosen)
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shlex
 import socket
 import subprocess
@@ -29,11 +28,10 @@ from pathlib import Path
 from honcho.manager import Manager  # type: ignore[import-untyped]
 from honcho.printer import Printer  # type: ignore[import-untyped]
 
-from deploy import nginx
+from deploy import nginx, servers
 
 BASE_DIR = nginx.BASE_DIR
-GUNICORN_CONFIGS = BASE_DIR / "deploy" / "gunicorn"
-MODE_RE = re.compile(r"[a-z][a-z0-9_]*")
+MODES = {"WSGI_MODE": servers.WSGI_MODES, "ASGI_MODE": servers.ASGI_MODES}
 DEFAULT_MODES = {"WSGI_MODE": "wsgi_gthread", "ASGI_MODE": "asgi_uvicorn"}
 UPSTREAM_PORT_DEFAULT = 8003
 UP_TIMEOUT_DEFAULT = 60.0
@@ -61,12 +59,12 @@ class Service:
 def mode(env: Mapping[str, str], name: str) -> str:
     """Return the serving mode named by `name` (WSGI_MODE or ASGI_MODE), checked to exist."""
     chosen = env.get(name, "").strip() or DEFAULT_MODES[name]
-    interface = name.split("_")[0].lower()
-    available = sorted(
-        path.stem for path in GUNICORN_CONFIGS.glob(f"{interface}_*.py") if path.is_file()
-    )
-    if not MODE_RE.fullmatch(chosen) or chosen not in available:
-        raise UpError(f"{name}={chosen!r} is not a {interface} mode: use one of {available}.")
+    if chosen not in MODES[name]:
+        interface = name.split("_")[0]
+        raise UpError(
+            f"{name}={chosen!r} is not a {interface} serving mode: use one of "
+            f"{', '.join(MODES[name])}."
+        )
     return chosen
 
 
@@ -92,9 +90,9 @@ def up_timeout(env: Mapping[str, str]) -> float:
 
 def gunicorn_command(config_mode: str, port: int) -> list[str]:
     """Return the command that serves `config_mode` on 127.0.0.1:`port`."""
-    config = GUNICORN_CONFIGS / f"{config_mode}.py"
+    config = servers.mode_config(config_mode)
     bind = f"127.0.0.1:{port}"
-    return [sys.executable, "-m", "gunicorn", "-c", str(config), "--bind", bind]
+    return [servers.gunicorn_executable(), "-c", str(config), "--bind", bind]
 
 
 def services(env: Mapping[str, str], nginx_config: Path | None) -> list[Service]:
@@ -137,7 +135,7 @@ def services(env: Mapping[str, str], nginx_config: Path | None) -> list[Service]
             "showcase upstream (answers /?ms=N after N ms)",
         ),
     ]
-    binary = nginx.nginx_binary()
+    binary = nginx.nginx_binary(env)
     if nginx_config is not None and binary is not None:
         command = nginx.nginx_command(binary, nginx_config, "-g", "daemon off;")
         # One process, three entries: the table lists each entry, health-checked through nginx.
@@ -200,7 +198,7 @@ def run_step(args: list[str], env: Mapping[str, str], what: str) -> None:
 
 def prepare_nginx(env: Mapping[str, str]) -> Path | None:
     """Render and check nginx's config under its run dir; None (with a hint) without nginx."""
-    binary = nginx.nginx_binary()
+    binary = nginx.nginx_binary(env)
     if binary is None:
         print(f"up: {nginx.INSTALL_HINT} Serving the direct ports only.", flush=True)
         return None

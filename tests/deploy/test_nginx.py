@@ -1,0 +1,685 @@
+"""nginx in front: the rendered configs pass `nginx -t`, and real nginx in front of real servers
+routes, streams, serves static files and overwrites the forwarded headers."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from deploy import nginx, servers
+
+ENTRIES = ("hybrid", "wsgi", "asgi")
+ENTRY_PORT_NAMES = {
+    "hybrid": "NGINX_HYBRID_PORT",
+    "wsgi": "NGINX_WSGI_PORT",
+    "asgi": "NGINX_ASGI_PORT",
+}
+# Every serving mode runs behind nginx in one of the two stacks.
+MODE_PAIRS = [("wsgi_gthread", "asgi_uvicorn"), ("wsgi_sync", "asgi_gunicorn")]
+FORGED_CLIENT_IP = "203.0.113.9"
+NGINX_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def require_nginx() -> str:
+    """Return the nginx binary; without one, fail under CI=true and skip elsewhere."""
+    binary = nginx.nginx_binary(os.environ)
+    if binary is None:
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"CI=true and {nginx.INSTALL_HINT}")
+        pytest.skip(nginx.INSTALL_HINT)
+    return binary
+
+
+def write_config(directory: Path, target: nginx.Target, env: dict[str, str]) -> Path:
+    """Render the config for `target` into `directory`/nginx.conf and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "nginx.conf"
+    config.write_text(nginx.render(target, env), encoding="utf-8")
+    return config
+
+
+def start_nginx(binary: str, config: Path, port: int) -> servers.Server:
+    """Run nginx in the foreground on `config`; return once `port` answers /healthz."""
+    argv = nginx.nginx_command(binary, config, "-g", "daemon off;")
+    log_path = config.parent / "nginx.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = servers.Server(argv, process, port, log_path)
+    try:
+        server.wait_healthy(timeout=30)
+    except BaseException:
+        server.stop(timeout=5)
+        raise
+    return server
+
+
+def nginx_ports() -> dict[str, str]:
+    """Return three free ports for the nginx entries, as environment values."""
+    return {name: str(servers.free_port()) for name in ENTRY_PORT_NAMES.values()}
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 15.0) -> bytes:
+    """Send raw bytes to 127.0.0.1:`port`; return all that comes back before the server closes."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+# --- The rendered configs ------------------------------------------------------------------------
+
+
+def test_local_config_passes_nginx_t(tmp_path: Path) -> None:
+    binary = require_nginx()
+    config = write_config(tmp_path, "local", {"NGINX_RUN_DIR": str(tmp_path)})
+    checked = nginx.check(binary, config)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_docker_config_passes_nginx_t_with_its_services_on_loopback(tmp_path: Path) -> None:
+    """nginx resolves upstream names when it loads a config, and no `wsgi`/`asgi` host exists
+    outside compose: point them at loopback and prove that is the only change."""
+    binary = require_nginx()
+    as_shipped = nginx.render("docker", {}).splitlines()
+    overrides = {"WSGI_UPSTREAM": "127.0.0.1:8001", "ASGI_UPSTREAM": "127.0.0.1:8002"}
+    config = write_config(tmp_path, "docker", overrides)
+    resolvable = config.read_text(encoding="utf-8").splitlines()
+
+    changed = [(a, b) for a, b in zip(as_shipped, resolvable, strict=True) if a != b]
+    assert [(a.strip(), b.strip()) for a, b in changed] == [
+        ("server wsgi:8001;", "server 127.0.0.1:8001;"),
+        ("server asgi:8002;", "server 127.0.0.1:8002;"),
+    ]
+    checked = nginx.check(binary, config)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_docker_config_listens_everywhere_and_keeps_state_in_tmp() -> None:
+    text = nginx.render("docker", {"DJANGO_STATIC_ROOT": "/app/static"})
+    assert "listen 0.0.0.0:8000 default_server;" in text
+    assert "pid /tmp/nginx.pid;" in text
+    assert "alias /app/static/;" in text
+    assert "access_log /dev/stdout dualserve;" in text
+    # The image runs nginx as a non-root user: a `user` line would only draw a warning.
+    assert not re.search(r"^user ", text, re.MULTILINE)
+
+
+def test_local_config_defaults_to_loopback_and_the_documented_ports() -> None:
+    text = nginx.render("local", {"NGINX_USER": "nobody"})
+    for port in (8000, 8080, 8081):
+        assert f"listen 127.0.0.1:{port};" in text
+    assert "server 127.0.0.1:8001;" in text
+    assert "server 127.0.0.1:8002;" in text
+    assert "keepalive_timeout 60s;" in text
+
+
+def test_server_names_follow_allowed_hosts() -> None:
+    text = nginx.render("local", {"DJANGO_ALLOWED_HOSTS": "example.com,.example.org,[::1]"})
+    assert text.count("server_name example.com .example.org [::1];") == 3
+
+
+def test_user_directive_names_the_static_files_owner_under_root(tmp_path: Path) -> None:
+    text = nginx.render("local", {"DJANGO_STATIC_ROOT": str(tmp_path / "static")})
+    if os.geteuid() == 0:
+        user, group = nginx.owner_of(str(tmp_path))
+        assert f"\nuser {user} {group};\n" in text
+    else:
+        assert not re.search(r"^user ", text, re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NGINX_HYBRID_PORT": "80a"}, "NGINX_HYBRID_PORT='80a' is not a port number"),
+        ({"WSGI_PORT": "70000"}, "WSGI_PORT='70000' is not a port number"),
+        ({"NGINX_WSGI_PORT": "8000"}, "must differ"),
+        ({"DJANGO_ALLOWED_HOSTS": "*"}, "list the host names"),
+        ({"NGINX_SERVER_NAMES": "a.example; include /etc/passwd"}, "NGINX_SERVER_NAMES="),
+        ({"WSGI_UPSTREAM": "wsgi:8001; }"}, "WSGI_UPSTREAM="),
+        ({"DJANGO_STATIC_ROOT": "relative/static"}, "DJANGO_STATIC_ROOT="),
+        ({"DJANGO_STATIC_ROOT": "/srv/my static"}, "DJANGO_STATIC_ROOT="),
+        ({"NGINX_CLIENT_HEADER_TIMEOUT": "soon"}, "NGINX_CLIENT_HEADER_TIMEOUT="),
+        ({"NGINX_USER": "www-data; daemon on"}, "NGINX_USER="),
+    ],
+)
+def test_render_refuses_bad_values_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(nginx.ConfigError, match=re.escape(message)):
+        nginx.render("local", env)
+
+
+def test_cli_writes_the_config_and_reports_bad_values(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "nginx.conf"
+    command = [sys.executable, "-m", "deploy.nginx", "--target", "docker", "--out", str(out)]
+    env = {**os.environ, "NGINX_ASGI_PORT": "9081"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "listen 0.0.0.0:9081;" in out.read_text(encoding="utf-8")
+
+    env["NGINX_ASGI_PORT"] = "port"
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "NGINX_ASGI_PORT='port' is not a port number" in done.stderr
+
+
+# --- The proxy contract, seen by an upstream that echoes what it receives -------------------------
+
+
+class EchoHandler(http.server.BaseHTTPRequestHandler):
+    """Answer every request with what arrived: request line, headers, body digest, peer port."""
+
+    protocol_version = "HTTP/1.1"
+
+    def echo(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        payload = json.dumps(
+            {
+                "request_line": self.requestline,
+                "headers": [[name.lower(), value] for name, value in self.headers.items()],
+                "peer_port": self.client_address[1],
+                "size": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = echo
+    do_POST = echo
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+class EchoServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+@dataclass
+class EchoProxy:
+    """nginx whose WSGI and ASGI upstreams are both one echo server."""
+
+    ports: dict[str, int]
+
+    def url(self, entry: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[entry]}{path}"
+
+
+@pytest.fixture(scope="module")
+def echo_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoProxy]:
+    binary = require_nginx()
+    echo = EchoServer(("127.0.0.1", 0), EchoHandler)
+    thread = threading.Thread(target=echo.serve_forever, name="echo-upstream", daemon=True)
+    thread.start()
+    upstream = f"127.0.0.1:{echo.server_address[1]}"
+    ports = nginx_ports()
+    directory = tmp_path_factory.mktemp("echo-nginx")
+    env = {**ports, "WSGI_UPSTREAM": upstream, "ASGI_UPSTREAM": upstream}
+    env["NGINX_RUN_DIR"] = str(directory)
+    try:
+        config = write_config(directory, "local", env)
+        proxy = start_nginx(binary, config, int(ports["NGINX_HYBRID_PORT"]))
+        try:
+            yield EchoProxy({entry: int(ports[name]) for entry, name in ENTRY_PORT_NAMES.items()})
+        finally:
+            proxy.stop(timeout=10)
+    finally:
+        echo.shutdown()
+        echo.server_close()
+        thread.join(5)
+
+
+def echoed(response: httpx.Response) -> dict[str, Any]:
+    """Return the echo server's report, headers as a name -> list of values mapping."""
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()
+    headers: dict[str, list[str]] = {}
+    for name, value in report["headers"]:
+        headers.setdefault(name, []).append(value)
+    report["headers"] = headers
+    return report
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_forwarded_headers_are_nginx_own_whatever_the_client_sends(
+    echo_proxy: EchoProxy, entry: str
+) -> None:
+    forged = {
+        "X-Forwarded-For": FORGED_CLIENT_IP,
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Port": "443",
+        "X-Forwarded-Ssl": "on",
+        "X-Forwarded-Protocol": "ssl",
+        "Forwarded": f"for={FORGED_CLIENT_IP};proto=https",
+        "X-Real-IP": FORGED_CLIENT_IP,
+        "X-Request-ID": "chosen-by-the-client",
+        "X_Forwarded_Proto": "https",
+    }
+    report = echoed(httpx.get(echo_proxy.url(entry, "/anything/"), headers=forged))
+    headers = report["headers"]
+    port = str(echo_proxy.ports[entry])
+
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
+    assert headers["x-real-ip"] == ["127.0.0.1"]
+    assert headers["x-forwarded-proto"] == ["http"]
+    assert headers["x-forwarded-host"] == [f"127.0.0.1:{port}"]
+    assert headers["x-forwarded-port"] == [port]
+    assert headers["host"] == [f"127.0.0.1:{port}"]
+    assert len(headers["x-request-id"]) == 1
+    assert NGINX_REQUEST_ID.fullmatch(headers["x-request-id"][0])
+    for dropped in ("x-forwarded-ssl", "x-forwarded-protocol", "forwarded", "x_forwarded_proto"):
+        assert dropped not in headers
+
+
+@pytest.mark.serving
+def test_upstream_connections_are_kept_alive_over_http11(echo_proxy: EchoProxy) -> None:
+    # One client connection, so one nginx worker (each worker keeps its own upstream pool).
+    with httpx.Client() as client:
+        reports = [echoed(client.get(echo_proxy.url("wsgi", f"/n/{n}/"))) for n in range(3)]
+    assert {report["request_line"].rsplit(" ", 1)[1] for report in reports} == {"HTTP/1.1"}
+    # One upstream connection served all three: nginx's keepalive pool, not one per request.
+    assert len({report["peer_port"] for report in reports}) == 1
+    # proxy_set_header Connection "": no "close" that would end the upstream connection.
+    assert all("connection" not in report["headers"] for report in reports)
+
+
+@pytest.mark.serving
+def test_chunked_body_reaches_upstream_whole_with_a_content_length(echo_proxy: EchoProxy) -> None:
+    body = os.urandom(3 * 1024 * 1024)
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 256 * 1024):
+            yield body[start : start + 256 * 1024]
+
+    response = httpx.post(echo_proxy.url("wsgi", "/upload/"), content=chunks(), timeout=60)
+    report = echoed(response)
+    assert report["headers"]["content-length"] == [str(len(body))]
+    assert "transfer-encoding" not in report["headers"]
+    assert (report["size"], report["sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+
+
+# --- Real servers behind nginx --------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """A WSGI and an ASGI server, nginx in front of both, and the static files nginx serves."""
+
+    wsgi_mode: str
+    asgi_mode: str
+    wsgi: servers.Server
+    asgi: servers.Server
+    ports: dict[str, int]
+    static_root: Path
+
+    def url(self, entry: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[entry]}{path}"
+
+
+@pytest.fixture(scope="module")
+def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a state directory with a migrated database and collected static files."""
+    directory = tmp_path_factory.mktemp("var")
+    env = {**os.environ, "DJANGO_VAR_DIR": str(directory)}
+    env.pop("DJANGO_STATIC_ROOT", None)
+    for step in (["migrate", "--noinput"], ["collectstatic", "--noinput", "--verbosity", "0"]):
+        done = subprocess.run(
+            [sys.executable, "manage.py", *step],
+            cwd=servers.REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    return directory
+
+
+@pytest.fixture(scope="module", params=MODE_PAIRS, ids="+".join)
+def stack(
+    request: pytest.FixtureRequest, var_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    binary = require_nginx()
+    wsgi_mode, asgi_mode = request.param
+    directory = tmp_path_factory.mktemp("stack")
+    server_env = {"DJANGO_VAR_DIR": str(var_dir), "DJANGO_STATIC_ROOT": None}
+    with contextlib.ExitStack() as cleanup:
+        wsgi = servers.start_mode(wsgi_mode, env=server_env, workdir=directory / "wsgi")
+        cleanup.callback(wsgi.stop)
+        asgi = servers.start_mode(asgi_mode, env=server_env, workdir=directory / "asgi")
+        cleanup.callback(asgi.stop)
+        ports = nginx_ports()
+        config = write_config(
+            directory / "nginx",
+            "local",
+            {
+                **ports,
+                "WSGI_UPSTREAM": f"127.0.0.1:{wsgi.port}",
+                "ASGI_UPSTREAM": f"127.0.0.1:{asgi.port}",
+                "DJANGO_VAR_DIR": str(var_dir),
+                "NGINX_RUN_DIR": str(directory / "nginx"),
+                # Short, so the slow-client test ends quickly.
+                "NGINX_CLIENT_HEADER_TIMEOUT": "2s",
+            },
+        )
+        proxy = start_nginx(binary, config, int(ports["NGINX_HYBRID_PORT"]))
+        cleanup.callback(proxy.stop, 10)
+        yield Stack(
+            wsgi_mode,
+            asgi_mode,
+            wsgi,
+            asgi,
+            {entry: int(ports[name]) for entry, name in ENTRY_PORT_NAMES.items()},
+            var_dir / "static",
+        )
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ["wsgi", "asgi"])
+@pytest.mark.parametrize("path", ["/", "/sync/hello/", "/async/hello/", "/sync/json/"])
+def test_single_interface_entries_send_everything_to_their_server(
+    stack: Stack, entry: str, path: str
+) -> None:
+    response = httpx.get(stack.url(entry, path))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-interface"] == entry
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize(
+    ("path", "accept", "interface"),
+    [
+        ("/async/hello/", "*/*", "asgi"),
+        ("/async/stream/?events=1&interval=0", "text/event-stream", "asgi"),
+        ("/sync/hello/", "*/*", "wsgi"),
+        # The sync twin streams from a sync generator, which only WSGI sends as it goes.
+        ("/sync/stream/?events=1&interval=0", "text/event-stream", "wsgi"),
+        ("/", "text/html", "wsgi"),
+        ("/", "text/event-stream", "asgi"),
+    ],
+)
+def test_hybrid_sends_waiting_and_streams_to_asgi_and_the_rest_to_wsgi(
+    stack: Stack, path: str, accept: str, interface: str
+) -> None:
+    response = httpx.get(stack.url("hybrid", path), headers={"Accept": accept})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-interface"] == interface
+
+
+EVENT_NUMBER = re.compile(rb'"event":([0-9]+),')
+# The server waits 1 s between two events, so 2 s from the first to the last.
+STREAM_QUERY = "?events=3&interval=1000"
+STREAM_SPREAD = 2.0
+
+
+def event_arrivals(url: str) -> dict[int, float]:
+    """Read an event stream; return when each event number arrived (monotonic seconds)."""
+    arrivals: dict[int, float] = {}
+    seen = b""
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("GET", url, headers={"Accept": "text/event-stream"}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for chunk in response.iter_bytes():
+            now = time.monotonic()
+            seen += chunk
+            for number in EVENT_NUMBER.findall(seen):
+                arrivals.setdefault(int(number), now)
+    return arrivals
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("entry", "path"),
+    [
+        ("hybrid", "/async/stream/"),
+        ("hybrid", "/sync/stream/"),
+        ("wsgi", "/sync/stream/"),
+        ("asgi", "/async/stream/"),
+    ],
+)
+def test_events_go_through_nginx_as_they_are_sent(stack: Stack, entry: str, path: str) -> None:
+    """Passed on as sent, the last event arrives the server's 2 s after the first (a loaded
+    machine only widens the gap, so half of it is the bound); held back, they arrive together.
+    Measured on nginx 1.22: gzip on event streams with buffering on holds the whole stream."""
+    arrivals = event_arrivals(stack.url(entry, path + STREAM_QUERY))
+    assert sorted(arrivals) == [1, 2, 3]
+    assert arrivals[3] - arrivals[1] >= STREAM_SPREAD / 2
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+def test_sync_stream_through_asgi_arrives_all_at_once(stack: Stack) -> None:
+    """Why the hybrid entry keeps /sync/ on WSGI: Django under ASGI consumes a sync generator
+    whole before sending (the control that shows the test above can tell the difference)."""
+    arrivals = event_arrivals(stack.url("asgi", "/sync/stream/" + STREAM_QUERY))
+    assert sorted(arrivals) == [1, 2, 3]
+    assert arrivals[3] - arrivals[1] < STREAM_SPREAD / 2
+
+
+def manifest_entry_with_gzip(static_root: Path) -> tuple[str, str]:
+    """Return (name, hashed name) of a collected CSS file that has a .gz variant."""
+    manifest = json.loads((static_root / "staticfiles.json").read_text(encoding="utf-8"))
+    for name, hashed in sorted(manifest["paths"].items()):
+        if name.endswith(".css") and (static_root / f"{hashed}.gz").is_file():
+            return name, hashed
+    raise AssertionError(f"collectstatic wrote no .css with a .gz variant in {static_root}")
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_hashed_static_files_are_immutable_precompressed_and_revalidate(
+    stack: Stack, entry: str
+) -> None:
+    _, hashed = manifest_entry_with_gzip(stack.static_root)
+    url = stack.url(entry, f"/static/{hashed}")
+    response = httpx.get(url, headers={"Accept-Encoding": "gzip"})
+
+    assert response.status_code == 200
+    assert "x-interface" not in response.headers  # nginx answered, not Django
+    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert response.headers["content-encoding"] == "gzip"
+    assert "Accept-Encoding" in response.headers["vary"]
+    # The bytes of the .gz file collectstatic wrote (nginx compresses nothing itself).
+    gz_file = stack.static_root / f"{hashed}.gz"
+    assert int(response.headers["content-length"]) == gz_file.stat().st_size
+    assert response.content == (stack.static_root / hashed).read_bytes()
+
+    etag = response.headers["etag"]
+    again = httpx.get(url, headers={"Accept-Encoding": "gzip", "If-None-Match": etag})
+    assert again.status_code == 304
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_unhashed_static_names_are_cached_briefly(stack: Stack, entry: str) -> None:
+    name, _ = manifest_entry_with_gzip(stack.static_root)
+    response = httpx.get(stack.url(entry, f"/static/{name}"), headers={"Accept-Encoding": ""})
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "public, max-age=60"
+    assert "content-encoding" not in response.headers
+    assert response.content == (stack.static_root / name).read_bytes()
+
+
+@pytest.mark.serving
+def test_missing_static_file_is_answered_by_nginx(stack: Stack) -> None:
+    response = httpx.get(stack.url("hybrid", "/static/no/such.css"))
+    assert response.status_code == 404
+    assert "x-interface" not in response.headers
+
+
+@pytest.fixture(scope="module")
+def upload_body() -> bytes:
+    return os.urandom(6 * 1024 * 1024)
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("path", ["/sync/upload/", "/async/upload/"])
+def test_chunked_upload_arrives_whole_through_nginx(
+    stack: Stack, upload_body: bytes, entry: str, path: str
+) -> None:
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(upload_body), 256 * 1024):
+            yield upload_body[start : start + 256 * 1024]
+
+    response = httpx.post(stack.url(entry, path), content=chunks(), timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "size": len(upload_body),
+        "sha256": hashlib.sha256(upload_body).hexdigest(),
+    }
+
+
+INDEX_LINK = re.compile(r"(\w+)://([^/\s]+)/async/db/")
+FORGED_SCHEME = {
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Ssl": "on",
+    "X-Forwarded-Protocol": "ssl",
+    "Forwarded": "proto=https",
+}
+
+
+def index_scheme_and_host(response: httpx.Response) -> tuple[str, str]:
+    """Return the scheme and host Django used in the index page's example command."""
+    assert response.status_code == 200, response.text
+    found = set(INDEX_LINK.findall(response.text))
+    assert len(found) == 1, found
+    scheme, host = found.pop()
+    return scheme, host
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_django_sees_nginx_scheme_not_the_client_claim(stack: Stack, entry: str) -> None:
+    response = httpx.get(stack.url(entry, "/"), headers=FORGED_SCHEME)
+    assert index_scheme_and_host(response) == ("http", f"127.0.0.1:{stack.ports[entry]}")
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_direct_servers_trust_the_scheme_header_from_loopback(stack: Stack, interface: str) -> None:
+    """The control for the test above: the claim does reach Django when nginx is bypassed."""
+    server = stack.wsgi if interface == "wsgi" else stack.asgi
+    response = httpx.get(f"{server.base_url}/", headers={"X-Forwarded-Proto": "https"})
+    assert index_scheme_and_host(response)[0] == "https"
+
+
+def access_line(server: servers.Server, marker: str) -> str:
+    """Return the server's access-log line for the request carrying `marker` (bounded wait)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in server.output().splitlines():
+            if marker in line:
+                return line
+        time.sleep(0.1)
+    raise AssertionError(f"no access-log line with {marker} in:\n{server.tail()}")
+
+
+# Whether the ASGI server replaces the client address (REMOTE_ADDR in Django) with
+# X-Forwarded-For from a trusted peer: uvicorn does (proxy_headers); gunicorn's asgi worker
+# applies forwarded_allow_ips to the scheme headers only and keeps the peer's address.
+TAKES_FORWARDED_FOR = {"asgi_uvicorn": True, "asgi_gunicorn": False}
+
+
+@pytest.mark.serving
+def test_asgi_server_sees_nginx_client_address_not_a_forged_one(stack: Stack) -> None:
+    via_nginx, direct = uuid.uuid4().hex, uuid.uuid4().hex
+    forged = {"X-Forwarded-For": FORGED_CLIENT_IP}
+    httpx.get(stack.url("asgi", f"/async/hello/?probe={via_nginx}"), headers=forged)
+    httpx.get(f"{stack.asgi.base_url}/async/hello/?probe={direct}", headers=forged)
+    assert access_line(stack.asgi, via_nginx).startswith("127.0.0.1 ")
+    # The control: bypassing nginx, a server that reads X-Forwarded-For takes the forged address.
+    expected = FORGED_CLIENT_IP if TAKES_FORWARDED_FOR[stack.asgi_mode] else "127.0.0.1"
+    assert access_line(stack.asgi, direct).startswith(f"{expected} ")
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_request_id_is_nginx_own(stack: Stack, entry: str) -> None:
+    headers = {"X-Request-ID": "chosen-by-the-client"}
+    response = httpx.get(stack.url(entry, "/sync/hello/"), headers=headers)
+    assert NGINX_REQUEST_ID.fullmatch(response.headers["x-request-id"])
+    direct = httpx.get(f"{stack.wsgi.base_url}/sync/hello/", headers=headers)
+    assert direct.headers["x-request-id"] == "chosen-by-the-client"
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_unknown_host_is_closed_unanswered(stack: Stack, entry: str) -> None:
+    port = stack.ports[entry]
+    request = b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+    assert raw_exchange(port, request % b"evil.example") == b""
+    assert raw_exchange(port, request % b"localhost").startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize(
+    ("entry", "interface"), [("hybrid", "wsgi"), ("wsgi", "wsgi"), ("asgi", "asgi")]
+)
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_probes_answer_for_any_host(stack: Stack, entry: str, interface: str, path: str) -> None:
+    """Probes address a container by IP, so their Host is no server_name; the probe goes to
+    the server behind the entry (its access log has the request)."""
+    marker = uuid.uuid4().hex
+    url = stack.url(entry, f"{path}?probe={marker}")
+    response = httpx.get(url, headers={"Host": "10.1.2.3"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "ok"}
+    access_line(stack.wsgi if interface == "wsgi" else stack.asgi, marker)
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_oversized_header_is_refused_before_the_app(stack: Stack, entry: str) -> None:
+    """httptools (uvicorn) has no header-size limit: nginx is the guard."""
+    response = httpx.get(
+        stack.url(entry, "/async/hello/"), headers={"Cookie": "big=" + "x" * 64 * 1024}
+    )
+    assert response.status_code == 400
+    assert "x-interface" not in response.headers
+
+
+@pytest.mark.serving
+def test_slow_client_is_cut_off_by_nginx(stack: Stack) -> None:
+    """A client that never finishes its headers holds nothing of the app, and nginx closes it
+    after client_header_timeout (2 s in this stack) rather than waiting for ever."""
+    partial = b"GET /sync/hello/ HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+    received = raw_exchange(stack.ports["hybrid"], partial, timeout=20)
+    # nginx closes the connection without an answer (it logs a 408).
+    assert received == b""
