@@ -31,6 +31,9 @@ lint: install  ## ruff and mypy, as the suite runs them.
 	$(RUN)/ruff format --check .
 	$(RUN)/mypy
 
+up: install  ## Migrate, collect static, run WSGI + ASGI + nginx on 127.0.0.1 (Ctrl-C stops all).
+	$(RUN)/python -m deploy.up
+
 migrate: install
 	$(RUN)/python manage.py migrate --noinput
 
