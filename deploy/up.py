@@ -60,9 +60,8 @@ def mode(env: Mapping[str, str], name: str) -> str:
     """Return the serving mode named by `name` (WSGI_MODE or ASGI_MODE), checked to exist."""
     chosen = env.get(name, "").strip() or DEFAULT_MODES[name]
     if chosen not in MODES[name]:
-        interface = name.split("_")[0]
         raise UpError(
-            f"{name}={chosen!r} is not a {interface} serving mode: use one of "
+            f"{name}={chosen!r} is not a serving mode for {name.split('_')[0]}: use one of "
             f"{', '.join(MODES[name])}."
         )
     return chosen
@@ -95,8 +94,8 @@ def gunicorn_command(config_mode: str, port: int) -> list[str]:
     return [servers.gunicorn_executable(), "-c", str(config), "--bind", bind]
 
 
-def services(env: Mapping[str, str], nginx_config: Path | None) -> list[Service]:
-    """Return the stack's processes; nginx only when `nginx_config` is given."""
+def services(env: Mapping[str, str], nginx_binary: str | None) -> list[Service]:
+    """Return the stack's processes; nginx only when `nginx_binary` is given."""
     ports = nginx.ports(env)
     wsgi_mode, asgi_mode = mode(env, "WSGI_MODE"), mode(env, "ASGI_MODE")
     upstream = upstream_port(env)
@@ -135,9 +134,9 @@ def services(env: Mapping[str, str], nginx_config: Path | None) -> list[Service]
             "showcase upstream (answers /?ms=N after N ms)",
         ),
     ]
-    binary = nginx.nginx_binary(env)
-    if nginx_config is not None and binary is not None:
-        command = nginx.nginx_command(binary, nginx_config, "-g", "daemon off;")
+    if nginx_binary is not None:
+        config = nginx_config_path(env)
+        command = nginx.nginx_command(nginx_binary, config, "-g", "daemon off;")
         # One process, three entries: the table lists each entry, health-checked through nginx.
         found.append(
             Service(
@@ -196,20 +195,19 @@ def run_step(args: list[str], env: Mapping[str, str], what: str) -> None:
         raise UpError(f"{what} failed:\n{done.stdout}{done.stderr}")
 
 
-def prepare_nginx(env: Mapping[str, str]) -> Path | None:
-    """Render and check nginx's config under its run dir; None (with a hint) without nginx."""
-    binary = nginx.nginx_binary(env)
-    if binary is None:
-        print(f"up: {nginx.INSTALL_HINT} Serving the direct ports only.", flush=True)
-        return None
-    run_dir = Path(nginx.run_dir("local", env))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = run_dir / "nginx.conf"
+def nginx_config_path(env: Mapping[str, str]) -> Path:
+    """Return where the rendered nginx config lives: nginx's run dir."""
+    return Path(nginx.run_dir("local", env)) / "nginx.conf"
+
+
+def write_nginx_config(binary: str, env: Mapping[str, str]) -> None:
+    """Render nginx's config into its run dir and check it with `nginx -t`."""
+    config = nginx_config_path(env)
+    config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(nginx.render("local", env), encoding="utf-8")
     checked = nginx.check(binary, config)
     if checked.returncode != 0:
         raise UpError(f"nginx -t rejected {config}:\n{checked.stderr}")
-    return config
 
 
 def answers(url: str) -> bool:
@@ -272,6 +270,15 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
 def up(env: Mapping[str, str]) -> int:
     """Prepare and run the stack until a signal or a process ends; return the exit code."""
     child_env = child_environment(env)
+    # Settings checked, nginx config tested and ports found free before anything starts.
+    timeout = up_timeout(child_env)
+    binary = nginx.nginx_binary(child_env)
+    stack = services(child_env, binary)
+    if binary is None:
+        print(f"up: {nginx.INSTALL_HINT} Serving the direct ports only.", flush=True)
+    else:
+        write_nginx_config(binary, child_env)
+    check_ports_free(stack)
     python = [sys.executable, "manage.py"]
     run_step([*python, "migrate", "--noinput"], child_env, "migrating the database")
     run_step(
@@ -279,8 +286,6 @@ def up(env: Mapping[str, str]) -> int:
         child_env,
         "collecting static files",
     )
-    stack = services(child_env, prepare_nginx(child_env))
-    check_ports_free(stack)
 
     manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
     for service in stack:
@@ -288,7 +293,7 @@ def up(env: Mapping[str, str]) -> int:
             # exec: the shell honcho starts gives way to the server, which gets signals itself.
             command = "exec " + shlex.join(service.command)
             manager.add_process(service.name, command, env=child_env, cwd=str(BASE_DIR))
-    watch = HealthWatch(manager, stack, up_timeout(child_env))
+    watch = HealthWatch(manager, stack, timeout)
     watch.start()
     manager.loop()
     watch.stopped.set()
