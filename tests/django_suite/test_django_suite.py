@@ -14,8 +14,8 @@ from tests.django_suite.run import DEFAULT_LABELS, REPO_ROOT, RUN_TIMEOUT
 
 pytestmark = pytest.mark.slow
 
-# Two runtests.py runs, plus the sdist download on a machine without the cache.
-TIMEOUT = 2 * RUN_TIMEOUT + 120
+# Two runtests.py runs (each may be rerun serially), plus the sdist download.
+TIMEOUT = 4 * RUN_TIMEOUT + 120
 
 
 def run_script(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
