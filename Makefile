@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 VENV := .venv
 RUN := $(VENV)/bin
 
-.PHONY: help install test test-fast lint django-tests up migrate static clean
+.PHONY: help install test test-fast lint django-tests up migrate static clean bench
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ lint: install  ## ruff and mypy, as the suite runs them.
 
 up: install  ## Migrate, collect static, run WSGI + ASGI + nginx on 127.0.0.1 (Ctrl-C stops all).
 	$(RUN)/python -m deploy.up
+
+bench: install  ## Benchmark every mode side by side: report in bench-results/ (ARGS="--quick").
+	$(RUN)/python -m deploy.bench $(ARGS)
 
 migrate: install
 	$(RUN)/python manage.py migrate --noinput

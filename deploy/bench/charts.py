@@ -1,0 +1,208 @@
+"""PNG charts with matplotlib's Agg backend (no display needed): throughput, latency, memory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: render to files, never open a window
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from deploy.bench.analysis import Analysis
+from deploy.bench.stats import CellStats, find
+
+MIB = 1024 * 1024
+DPI = 110
+
+
+def save(figure: Figure, path: Path) -> str:
+    """Write `figure` to `path` as PNG, close it, and return the file name."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI, format="png")
+    plt.close(figure)
+    return path.name
+
+
+def series(analysis: Analysis, scenario: str) -> dict[str, list[CellStats]]:
+    """Return the direct cells of `scenario` per contender (native, stock and bare)."""
+    found: dict[str, list[CellStats]] = {}
+    for cell in analysis.cells.values():
+        if cell.scenario == scenario and cell.via == "direct" and cell.measured:
+            found.setdefault(cell.contender, []).append(cell)
+    return {name: sorted(cells, key=lambda c: c.concurrency) for name, cells in found.items()}
+
+
+def grid(count: int) -> tuple[int, int]:
+    """Return (rows, columns) for `count` panels, at most three per row."""
+    columns = min(3, max(1, count))
+    return math.ceil(count / columns), columns
+
+
+def throughput_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw requests/s against connections, one panel per scenario, one line per mode."""
+    scenarios = [name for name in analysis.scenarios if series(analysis, name)]
+    if not scenarios:
+        return None
+    rows, columns = grid(len(scenarios))
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for index, name in enumerate(scenarios):
+        axis = axes[index // columns][index % columns]
+        for contender, cells in series(analysis, name).items():
+            x = [cell.concurrency for cell in cells]
+            y = [cell.rps.median for cell in cells]
+            errors = [
+                [cell.rps.median - cell.rps.low for cell in cells],
+                [cell.rps.high - cell.rps.median for cell in cells],
+            ]
+            style = "--" if "+" in contender else "-"
+            axis.errorbar(
+                x, y, yerr=errors, label=contender, marker="o", linestyle=style, capsize=3
+            )
+        axis.set_title(name)
+        axis.set_xscale("log")
+        axis.set_xlabel("connections")
+        axis.set_ylabel("requests/s (median, min-max)")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7)
+    for index in range(len(scenarios), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    figure.suptitle("Throughput against concurrency (direct, no nginx)")
+    return save(figure, out / "throughput.png")
+
+
+def latency_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw p50/p90/p99 per mode at each scenario's highest concurrency (log scale)."""
+    panels = []
+    for name in analysis.scenarios:
+        cells = [cells[-1] for cells in series(analysis, name).values()]
+        if cells:
+            panels.append((name, cells))
+    if not panels:
+        return None
+    rows, columns = grid(len(panels))
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for index, (name, cells) in enumerate(panels):
+        axis = axes[index // columns][index % columns]
+        width = 0.27
+        positions = range(len(cells))
+        for offset, (label, key) in enumerate(
+            (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))
+        ):
+            values = [max(getattr(cell, key).median, 0.01) for cell in cells]
+            axis.bar([p + (offset - 1) * width for p in positions], values, width, label=label)
+        axis.set_xticks(list(positions))
+        axis.set_xticklabels(
+            [cell.contender for cell in cells], rotation=35, ha="right", fontsize=7
+        )
+        axis.set_yscale("log")
+        axis.set_ylabel("latency, ms (log)")
+        axis.set_title(f"{name} at {cells[0].concurrency} connections")
+        axis.grid(True, axis="y", alpha=0.3)
+        axis.legend(fontsize=7)
+    for index in range(len(panels), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    figure.suptitle("Latency percentiles (direct)")
+    return save(figure, out / "latency.png")
+
+
+def memory_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw RSS per worker at rest and at its peak under load, per mode (SSE included)."""
+    rest: dict[str, int] = {}
+    load: dict[str, int] = {}
+    for server in analysis.results["servers"]:
+        name = server["contender"] + (" SSE" if server["tag"].startswith("sse-") else "")
+        if server["rest_worker_rss"]:
+            rest[name] = max(rest.get(name, 0), max(server["rest_worker_rss"]))
+    for cell in analysis.cells.values():
+        if cell.measured:
+            load[cell.contender] = max(load.get(cell.contender, 0), cell.server_peak_worker_rss)
+    for run in analysis.results["sse_runs"]:
+        name = run["contender"] + " SSE"
+        load[name] = max(load.get(name, 0), run["server"]["peak_worker_rss"])
+    names = [name for name in rest if name in load]
+    if not names:
+        return None
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 2), 4.2))
+    positions = range(len(names))
+    axis.bar([p - 0.2 for p in positions], [rest[n] / MIB for n in names], 0.4, label="at rest")
+    axis.bar(
+        [p + 0.2 for p in positions], [load[n] / MIB for n in names], 0.4, label="under load (peak)"
+    )
+    axis.axhline(200e6 / MIB, color="red", linestyle=":", linewidth=1, label="200 MB (target 6)")
+    axis.set_xticks(list(positions))
+    axis.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+    axis.set_ylabel("RSS per worker, MiB")
+    axis.set_title("Memory per worker process")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    return save(figure, out / "memory.png")
+
+
+def sse_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw the share of SSE events on time per mode and client count."""
+    runs = analysis.results["sse_runs"]
+    if not runs:
+        return None
+    contenders = list(dict.fromkeys(run["contender"] for run in runs))
+    counts = sorted({run["clients"] for run in runs})
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(contenders) + 2), 4.0))
+    width = 0.8 / len(counts)
+    for offset, count in enumerate(counts):
+        values = []
+        for contender in contenders:
+            run = next(
+                (r for r in runs if r["contender"] == contender and r["clients"] == count), None
+            )
+            values.append(100 * run["on_time_ratio"] if run else 0.0)
+        axis.bar(
+            [p + (offset - (len(counts) - 1) / 2) * width for p in range(len(contenders))],
+            values,
+            width,
+            label=f"{count:,} clients",
+        )
+    axis.axhline(99, color="red", linestyle=":", linewidth=1, label="99% (target 4)")
+    axis.set_xticks(list(range(len(contenders))))
+    axis.set_xticklabels(contenders, rotation=20, ha="right", fontsize=8)
+    axis.set_ylabel("events <= 100 ms late, %")
+    axis.set_ylim(0, 105)
+    axis.set_title("Server-Sent Events on one worker")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    return save(figure, out / "sse.png")
+
+
+def nginx_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw direct against nginx throughput per mode."""
+    pairs = []
+    for cell in analysis.cells.values():
+        if cell.via == "nginx" and cell.measured:
+            direct = find(analysis.cells, cell.contender, cell.scenario, cell.concurrency)
+            if direct:
+                pairs.append((cell.contender, direct[0].rps.median, cell.rps.median))
+    if not pairs:
+        return None
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(pairs) + 2), 4.0))
+    positions = range(len(pairs))
+    axis.bar([p - 0.2 for p in positions], [d for _, d, _ in pairs], 0.4, label="direct")
+    axis.bar([p + 0.2 for p in positions], [n for _, _, n in pairs], 0.4, label="through nginx")
+    axis.set_xticks(list(positions))
+    axis.set_xticklabels([name for name, _, _ in pairs], rotation=20, ha="right", fontsize=8)
+    axis.set_ylabel("requests/s (median)")
+    axis.set_title("nginx in front")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    return save(figure, out / "nginx.png")
+
+
+def draw_all(analysis: Analysis, out: Path) -> list[str]:
+    """Draw every chart the results allow; return the file names written."""
+    drawn = []
+    for draw in (throughput_chart, latency_chart, nginx_chart, sse_chart, memory_chart):
+        name = draw(analysis, out)
+        if name:
+            drawn.append(name)
+    return drawn
