@@ -477,22 +477,10 @@ class Sandbox:
         """Return how this sandbox isolates, for failure messages."""
         return f"uid={self.uid}, read-only repository={self.read_only_repo}"
 
-    def command(self, argv: list[str]) -> list[str]:
-        """Return `argv` wrapped to run as the sandbox user, in its mount namespace."""
-        if not self.read_only_repo and self.uid == os.geteuid():
-            return argv
-        if not self.read_only_repo:
-            return [
-                "setpriv",
-                f"--reuid={self.uid}",
-                f"--regid={self.gid}",
-                "--clear-groups",
-                *argv,
-            ]
-        script = [
-            "set -eu",
-            f"mount --bind -o ro {shlex.quote(str(REPO))} {shlex.quote(str(REPO))}",
-        ]
+    def mount_script(self) -> list[str]:
+        """Return the shell lines that set up the sandbox's mounts in a new mount namespace."""
+        quote = shlex.quote
+        script = ["set -eu", f"mount --bind -o ro {quote(str(REPO))} {quote(str(REPO))}"]
         # A directory the sandbox user may not enter (root's 0700 home holding the Python
         # install, say) is covered with an empty tmpfs, and only what must be reached is put
         # back into it: the container's user sees no more of this machine than it needs.
@@ -500,16 +488,25 @@ class Sandbox:
             stages = [self.root / "mnt" / f"{index}-{n}" for n in range(len(keep))]
             for path, stage_dir in zip(keep, stages, strict=True):
                 stage_dir.mkdir(parents=True, exist_ok=True)
-                script.append(
-                    f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(stage_dir))}"
-                )
-            script.append(f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(ancestor))}")
+                script.append(f"mount --bind {quote(str(path))} {quote(str(stage_dir))}")
+            script.append(f"mount -t tmpfs -o mode=0755 tmpfs {quote(str(ancestor))}")
             for path, stage_dir in zip(keep, stages, strict=True):
-                script.append(f"mkdir -p {shlex.quote(str(path))}")
-                script.append(
-                    f"mount --bind {shlex.quote(str(stage_dir))} {shlex.quote(str(path))}"
-                )
-        script.append(f'exec setpriv --reuid={self.uid} --regid={self.gid} --clear-groups -- "$@"')
+                script.append(f"mkdir -p {quote(str(path))}")
+                script.append(f"mount --bind {quote(str(stage_dir))} {quote(str(path))}")
+        return script
+
+    def as_user(self, argv: list[str], user: tuple[int, int] | None = None) -> list[str]:
+        """Return `argv` run as the sandbox user (or `user`), through setpriv when needed."""
+        uid, gid = user or (self.uid, self.gid)
+        if uid == os.geteuid():
+            return argv
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+
+    def command(self, argv: list[str]) -> list[str]:
+        """Return `argv` wrapped to run as the sandbox user, in its mount namespace."""
+        if not self.read_only_repo:
+            return self.as_user(argv)
+        script = [*self.mount_script(), 'exec "$@"']
         return [
             "unshare",
             "--mount",
@@ -519,7 +516,7 @@ class Sandbox:
             "-c",
             "\n".join(script),
             "sandbox",
-            *argv,
+            *self.as_user(argv),
         ]
 
     def environment(self, service: str, **overrides: str) -> dict[str, str]:
@@ -601,7 +598,8 @@ def sandbox() -> Iterator[Sandbox]:
 
     The image's UID owns nothing else on this machine, so every file it leaves is ours to find.
     """
-    root = Path(tempfile.mkdtemp(prefix="dualserve-docker-", dir="/tmp"))
+    # Not under /tmp: the pod test covers /tmp with a tmpfs of its own, as compose does.
+    root = Path(tempfile.mkdtemp(prefix="dualserve-docker-", dir="/var/tmp"))
     try:
         if os.geteuid() == 0:
             uid, gid = image_user()
@@ -889,3 +887,259 @@ def test_healthcheck_rejects_a_path_without_a_slash(sandbox: Sandbox) -> None:
     result = probe(sandbox, sandbox.environment("wsgi"), "healthz")
     assert result.returncode == 1
     assert "usage" in result.stderr
+
+
+# --- The compose stack, without an engine ---------------------------------------------------------
+
+# Run inside the pod: each request of the stack, and what answered it.
+POD_CLIENT = """
+import json, sys, urllib.request
+answers = {}
+for name, url in json.loads(sys.argv[1]).items():
+    request = urllib.request.Request(url, headers={"Host": "localhost"})
+    with urllib.request.urlopen(request, timeout=20) as response:
+        answers[name] = {
+            "status": response.status,
+            "interface": response.headers.get("X-Interface"),
+            "cache_control": response.headers.get("Cache-Control"),
+            "body": response.read(200).decode("utf-8", "replace"),
+        }
+print(json.dumps(answers))
+"""
+
+
+def require_pod() -> str:
+    """Return nginx's binary when a pod can be built here; fail under CI=true, else skip."""
+    binary = nginx.nginx_binary(os.environ)
+    missing = []
+    if binary is None:
+        missing.append(nginx.INSTALL_HINT)
+    if not can_unshare_mounts() or shutil.which("ip") is None or shutil.which("nsenter") is None:
+        missing.append("root with network and mount namespaces (unshare, nsenter, ip)")
+    if missing:
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail("CI=true and this needs " + "; ".join(missing))
+        pytest.skip("needs " + "; ".join(missing))
+    assert binary is not None
+    return binary
+
+
+@dataclass
+class Pod:
+    """compose's network on this machine: one network namespace whose loopback carries every
+    service on its compose port, service names in /etc/hosts, a tmpfs on /tmp, the sandbox's
+    read-only mounts; a holder process keeps the namespaces alive."""
+
+    box: Sandbox
+    holder: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, box: Sandbox, names: list[str]) -> Pod:
+        """Create the namespaces and return once they are set up."""
+        hosts = box.root / "hosts"
+        hosts.write_text(f"127.0.0.1 localhost {' '.join(names)}\n::1 localhost\n")
+        ready = box.root / "pod-ready"
+        script = [
+            *box.mount_script(),
+            "ip link set lo up",
+            f"mount --bind {shlex.quote(str(hosts))} /etc/hosts",
+            "mount -t tmpfs -o mode=1777 tmpfs /tmp",
+            f"touch {shlex.quote(str(ready))}",
+            # Bounded: the test kills it long before.
+            "exec sleep 600",
+        ]
+        holder = subprocess.Popen(
+            [
+                "unshare",
+                "--net",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "\n".join(script),
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        pod = cls(box, holder)
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert holder.poll() is None, "the pod's namespaces could not be set up"
+            assert time.monotonic() < deadline, "the pod never became ready"
+            time.sleep(0.05)
+        return pod
+
+    def command(self, argv: list[str], user: tuple[int, int] | None = None) -> list[str]:
+        """Return `argv` run inside the pod as the sandbox user (or `user`)."""
+        enter = ["nsenter", f"--target={self.holder.pid}", "--net", "--mount", "--"]
+        return [*enter, *self.box.as_user(argv, user)]
+
+    def run(
+        self, argv: list[str], env: Mapping[str, str], timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` in the pod to completion."""
+        return subprocess.run(
+            self.command(argv),
+            env=dict(env),
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start_process(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        user: tuple[int, int] | None = None,
+    ) -> Server:
+        """Start a long-running service in the pod, in a session of its own."""
+        log = self.box.root / f"{name}.log"
+        log.touch()
+        uid, gid = user or (self.box.uid, self.box.gid)
+        # nginx reopens /dev/stdout by path: its user must be allowed to open the log file.
+        os.chown(log, uid, gid)
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                self.command(argv, user),
+                env=dict(env),
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return Server([name], process, 0, log)
+
+    def wait_healthy(self, server: Server, test: list[str], env: Mapping[str, str]) -> None:
+        """Run a compose healthcheck test (CMD form) in the pod until it exits 0."""
+        assert test[0] == "CMD"
+        argv = [
+            arg.replace(f"{IMAGE_APP_DIR}/", f"{REPO}/", 1)
+            if arg.startswith(f"{IMAGE_APP_DIR}/")
+            else arg
+            for arg in test[1:]
+        ]
+        deadline = time.monotonic() + START_TIMEOUT
+        result = None
+        while time.monotonic() < deadline:
+            assert server.running(), f"{server.argv[0]} exited:\n{server.tail()}"
+            result = self.run(argv, env, timeout=30)
+            if result.returncode == 0:
+                return
+            time.sleep(PROBE_INTERVAL)
+        detail = result.stderr if result else "never probed"
+        pytest.fail(f"{server.argv[0]} never became healthy ({detail}):\n{server.tail()}")
+
+    def stop(self) -> None:
+        """End the holder, and with it the namespaces once every service has exited."""
+        if self.holder.poll() is None:
+            os.killpg(self.holder.pid, signal.SIGKILL)
+        self.holder.wait()
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+def test_compose_stack_serves_through_nginx_in_a_pod(
+    sandbox: Sandbox, collected_static: Path
+) -> None:
+    binary = require_pod()
+    compose = load_compose()
+    services = compose["services"]
+    pod = Pod.start(sandbox, list(services))
+    running: list[tuple[Server, int]] = []
+    try:
+        # compose's order: migrate to completion, then the servers, then nginx once they are
+        # healthy. Inside the pod nginx reaches the servers from 127.0.0.1, not from its
+        # compose address: the only value changed.
+        env = {
+            name: sandbox.environment(name, FORWARDED_ALLOW_IPS="127.0.0.1")
+            for name in services
+            if name != "nginx"
+        }
+        migrate = pod.run(
+            [str(ENTRYPOINT), *services["migrate"]["command"]], env["migrate"], timeout=120
+        )
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        for name in ("wsgi", "asgi", "upstream"):
+            server = pod.start_process(
+                name, [str(ENTRYPOINT), *services[name].get("command", [])], env[name]
+            )
+            running.append((server, signal.SIGTERM))
+        for server, _ in running:
+            name = server.argv[0]
+            pod.wait_healthy(server, services[name]["healthcheck"]["test"], env[name])
+
+        # nginx as its image runs it: the Docker config (static files from the sandbox), the
+        # image's user and arguments, stopped with SIGQUIT (the nginx image's STOPSIGNAL).
+        config = sandbox.root / "nginx.conf"
+        config.write_text(nginx.render("docker", {"DJANGO_STATIC_ROOT": str(collected_static)}))
+        (entrypoint,) = stage_instructions("nginx", "ENTRYPOINT")
+        (cmd,) = stage_instructions("nginx", "CMD")
+        argv = [binary, *exec_form(entrypoint)[1:], "-c", str(config), *exec_form(cmd)]
+        nginx_user = stage_instructions("nginx", "USER")[-1].args.split(":")
+        user = (int(nginx_user[0]), int(nginx_user[1]))
+        proxy = pod.start_process("nginx", argv, {"PATH": "/usr/sbin:/usr/bin:/bin"}, user)
+        running.append((proxy, signal.SIGQUIT))
+        pod.wait_healthy(proxy, services["nginx"]["healthcheck"]["test"], {"PATH": "/usr/bin:/bin"})
+
+        assert process_uid(proxy.pid) == user[0]
+        assert {process_uid(server.pid) for server, _ in running[:-1]} == {sandbox.uid}
+
+        def url(service: str, host_port: int, path: str) -> str:
+            """Return the URL, inside the pod, of what compose publishes on `host_port`."""
+            (container_port,) = [
+                inside
+                for inside, (_, outside) in published_ports(services[service]).items()
+                if outside == host_port
+            ]
+            return f"http://127.0.0.1:{container_port}{path}"
+
+        port = nginx.PORT_DEFAULTS
+        urls = {
+            "wsgi_entry": url("nginx", port["NGINX_WSGI_PORT"], "/sync/hello/"),
+            "asgi_entry": url("nginx", port["NGINX_ASGI_PORT"], "/sync/hello/"),
+            "hybrid_async": url("nginx", port["NGINX_HYBRID_PORT"], "/async/hello/"),
+            "hybrid_sync": url("nginx", port["NGINX_HYBRID_PORT"], "/sync/hello/"),
+            "wsgi_direct": url("wsgi", port["WSGI_PORT"], "/sync/hello/"),
+            "asgi_direct": url("asgi", port["ASGI_PORT"], "/sync/hello/"),
+            # The app reaches the upstream service by its compose name.
+            "upstream_by_name": url("nginx", port["NGINX_WSGI_PORT"], "/sync/upstream/?ms=5"),
+            "static": url("nginx", port["NGINX_HYBRID_PORT"], first_static_file(collected_static)),
+        }
+        client = pod.run(
+            ["python", "-c", POD_CLIENT, json.dumps(urls)], {"PATH": f"{VENV_BIN}:/usr/bin:/bin"}
+        )
+        assert client.returncode == 0, client.stderr + "\n" + proxy.tail()
+        answers = json.loads(client.stdout)
+        assert {name: answer["status"] for name, answer in answers.items()} == dict.fromkeys(
+            urls, 200
+        )
+        interfaces = {
+            name: answers[name]["interface"]
+            for name in urls
+            if name not in {"static", "upstream_by_name"}
+        }
+        assert interfaces == {
+            "wsgi_entry": "wsgi",
+            "asgi_entry": "asgi",
+            "hybrid_async": "asgi",
+            "hybrid_sync": "wsgi",
+            "wsgi_direct": "wsgi",
+            "asgi_direct": "asgi",
+        }
+        assert "immutable" in answers["static"]["cache_control"]
+
+        # docker compose down: every service's stop signal, and a clean exit from each.
+        for server, signum in running:
+            server.send_signal(signum)
+        for server, _ in running:
+            assert server.wait_exit(30), server.tail()
+            assert server.process.wait() == 0, server.tail()
+    finally:
+        for server, _ in running:
+            server.kill()
+        pod.stop()
