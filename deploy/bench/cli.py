@@ -135,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stock", action="store_true", help="skip the stock profile")
     p.add_argument("--no-bare", action="store_true", help="skip the bare (no Django) ceiling apps")
     p.add_argument("--sse-clients", help="comma-separated SSE client counts (default: 100,1000)")
-    p.add_argument("--sse-events", type=int, help="events per SSE stream (default: 20)")
+    p.add_argument("--sse-events", type=int, help="events per SSE stream (default: 15)")
     p.add_argument("--sse-interval", type=int, help="ms between two SSE events (default: 200)")
     p.add_argument(
         "--timeout", type=int, default=2, help="wrk's request timeout in whole seconds (default: 2)"
@@ -217,7 +217,7 @@ def options_from(args: argparse.Namespace) -> Options:
         stock=not args.no_stock and not args.quick,
         bare=not args.no_bare,
         sse_clients=parse_levels(pick("sse_clients") or "100,1000"),
-        sse_events=int(positive(pick("sse_events"), "--sse-events", 20, low=1, high=1000)),
+        sse_events=int(positive(pick("sse_events"), "--sse-events", 15, low=1, high=1000)),
         sse_interval_ms=int(
             positive(pick("sse_interval"), "--sse-interval", 200, low=0, high=10_000)
         ),

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.bench.contenders import Contender
+from deploy.bench.contenders import GRANIAN_MODES, Contender
 from deploy.bench.scenarios import BUILTIN, STREAM, Scenario
 
 # The default run's ceiling check: the bare apps at this many connections.
@@ -21,8 +21,13 @@ BARE_CONCURRENCY = 100
 # The profiles compared with "stock": the modes of targets 1 and 2.
 STOCK_MODES = ("asgi_uvicorn", "wsgi_sync")
 STOCK_SCENARIOS = ("hello", "json")
-# Rough costs for the ETA: seconds to start a server (Django import) and around each run.
+# granian is the optional contender: the default matrix gives it the showcase endpoints that
+# compare servers (hello, json, sleep) and skips the ones that compare Django code paths.
+GRANIAN_SCENARIOS = ("hello", "json", "sleep")
+# Rough costs for the ETA: seconds to start a server (Django import; a bare app is quicker)
+# and around each run.
 START_S = 3.0
+START_BARE_S = 1.5
 RUN_OVERHEAD_S = 0.4
 SSE_GRACE_S = 3.0
 
@@ -45,7 +50,7 @@ class Options:
     stock: bool = True
     bare: bool = True
     sse_clients: tuple[int, ...] = (100, 1000)
-    sse_events: int = 20
+    sse_events: int = 15
     sse_interval_ms: int = 200
     timeout_s: float = 2.0
     server_cpus: tuple[int, ...] = ()
@@ -114,8 +119,8 @@ class Plan:
         """Return how long the run should take, roughly, in seconds."""
         opts = self.options
         per_repeat = sum(
-            START_S
-            + opts.warmup_s * len(warmups(group))
+            (START_BARE_S if group.contender.profile == "bare" else START_S)
+            + opts.warmup_s
             + len(group.cells) * (opts.duration_s + RUN_OVERHEAD_S)
             for group in self.groups
         )
@@ -124,9 +129,15 @@ class Plan:
         return per_repeat * opts.repeat + sse
 
 
-def warmups(group: Group) -> list[tuple[str, str]]:
-    """Return the (scenario, via) pairs a group warms up, once each per fresh server."""
-    return list(dict.fromkeys((cell.scenario, cell.via) for cell in group.cells))
+def warmups(group: Group) -> tuple[list[str], int]:
+    """Return the scenarios a fresh server warms up with, all at once, and the connections.
+
+    Directly, at the group's highest level, so worker start-up, lazy imports, database
+    connections, HTTP client pools and threads exist before the first measured second.
+    nginx's upstream connections open within the first milliseconds of its own runs.
+    """
+    scenarios = list(dict.fromkeys(cell.scenario for cell in group.cells))
+    return scenarios, max((cell.concurrency for cell in group.cells), default=1)
 
 
 def levels(scenario: Scenario, options: Options) -> tuple[int, ...]:
@@ -142,6 +153,12 @@ def build(options: Options) -> Plan:
     for contender in native:
         group = Group(contender, options.workers)
         for scenario in scenarios.values():
+            if (
+                contender.mode in GRANIAN_MODES
+                and scenario.builtin
+                and scenario.name not in GRANIAN_SCENARIOS
+            ):
+                continue
             group.cells += [
                 Cell(contender.name, scenario.name, c) for c in levels(scenario, options)
             ]

@@ -26,7 +26,7 @@ from deploy import servers
 from deploy.bench import procs, sse, wrk
 from deploy.bench.contenders import Contender, ContenderLaunch, launch, pinned
 from deploy.bench.infra import start_nginx, start_upstream
-from deploy.bench.plan import SSE_GRACE_S, Cell, Group, Plan, SseGroup
+from deploy.bench.plan import SSE_GRACE_S, Cell, Group, Plan, SseGroup, warmups
 from deploy.bench.scenarios import Scenario
 
 # Variables of the caller's shell that would change what the servers under test do.
@@ -246,21 +246,11 @@ class Runner:
                 )
                 self.register(f"nginx for {contender.name}", front)
                 self.commands.setdefault("nginx", {"argv": front.argv, "config": config})
-            warmed: set[tuple[str, str]] = set()
+            if self.options.warmup_s >= 1:
+                self.warm_up(server, group)
             for cell in cells:
                 target = front if cell.via == "nginx" and front else server
                 scenario = self.plan.scenarios[cell.scenario]
-                if self.options.warmup_s >= 1 and (cell.scenario, cell.via) not in warmed:
-                    warmed.add((cell.scenario, cell.via))
-                    self.notify(f"warm-up {cell.key}")
-                    self.wrk_run(
-                        target,
-                        scenario,
-                        contender.interface,
-                        cell.concurrency,
-                        self.options.warmup_s,
-                    )
-                    self.advance(self.options.warmup_s, f"warm-up {cell.key}")
                 self.measure(
                     server, front if cell.via == "nginx" else None, target, cell, scenario, repeat
                 )
@@ -273,6 +263,20 @@ class Runner:
             if front is not None:
                 self.stop(front)
             self.stop(server)
+
+    def warm_up(self, server: servers.Server, group: Group) -> None:
+        """Send every scenario of the group to a fresh server at once; discard the figures."""
+        names, connections = warmups(group)
+        interface = group.contender.interface
+        requests = [self.plan.scenarios[name].request(interface) for name in names]
+        self.notify(f"warm-up {group.contender.name}: {', '.join(names)} at {connections}")
+        self.run_wrk(
+            server.base_url + requests[0].path,
+            wrk.mixed_script(requests),
+            connections,
+            self.options.warmup_s,
+        )
+        self.advance(self.options.warmup_s, f"warm-up {group.contender.name}")
 
     def measure(
         self,
@@ -344,7 +348,14 @@ class Runner:
     ) -> tuple[wrk.WrkResult, list[str], str, float]:
         """Run wrk once against `target`; return its figures, command, output and CPU time."""
         request = scenario.request(interface)
-        text = wrk.script(request)
+        return self.run_wrk(
+            f"{target.base_url}{request.path}", wrk.script(request), connections, duration_s
+        )
+
+    def run_wrk(
+        self, url: str, text: str, connections: int, duration_s: float
+    ) -> tuple[wrk.WrkResult, list[str], str, float]:
+        """Run wrk with the Lua script `text`; return its figures, command, output, CPU time."""
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         script = self.workdir / "scripts" / f"{digest}.lua"
         script.parent.mkdir(parents=True, exist_ok=True)
@@ -354,7 +365,7 @@ class Runner:
         argv = pinned(
             wrk.command(
                 self.wrk_binary,
-                f"{target.base_url}{request.path}",
+                url,
                 connections=connections,
                 duration_s=duration_s,
                 threads=threads,

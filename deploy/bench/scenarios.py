@@ -25,7 +25,7 @@ from typing import Any
 
 from deploy.bench.wrk import Request
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/=?&-]{0,80}")
+NAME_RE = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_.:/=?&%+-]{0,80}")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_BODY = 1024 * 1024
 MAX_CONCURRENCY = 10_000
@@ -153,7 +153,7 @@ def from_table(table: Any, where: str) -> Scenario:
         raise ScenarioError(f"{where}: {exc}") from None
     name = table.get("name", path)
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ScenarioError(f"{where}: name {name!r} must be 1-81 letters, digits or _.:/=?&-")
+        raise ScenarioError(f"{where}: name {name!r} must be 1-81 letters, digits or /_.:=?&%+-")
     method = table.get("method", "GET")
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise ScenarioError(f"{where}: method {method!r} is not one of {', '.join(METHODS)}")
