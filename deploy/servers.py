@@ -71,12 +71,21 @@ def free_port(host: str = HOST) -> int:
 
 
 class Server:
-    """A running server process: base_url, pid, its output file, and a graceful stop."""
+    """A running server process: base_url, pid, its output file, and a graceful stop.
+
+    `mode` names the serving mode when started by start_mode(), else it is empty.
+    """
 
     def __init__(
-        self, argv: Sequence[str], process: subprocess.Popen[bytes], port: int, log_path: Path
+        self,
+        argv: Sequence[str],
+        process: subprocess.Popen[bytes],
+        port: int,
+        log_path: Path,
+        mode: str = "",
     ) -> None:
         self.argv = list(argv)
+        self.mode = mode
         self.process = process
         self.port = port
         self.log_path = log_path
@@ -123,8 +132,7 @@ class Server:
         while time.monotonic() < deadline:
             if not self.running():
                 raise ServerError(
-                    f"{' '.join(self.argv)} exited with {self.process.returncode} "
-                    f"before answering {path}:\n{self.tail()}"
+                    f"{' '.join(self.argv)} exited before answering {path}:\n{self.tail()}"
                 )
             try:
                 status = http_status(HOST, self.port, path, timeout=2.0)
@@ -244,17 +252,22 @@ def start(
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def merged_environment(env: Mapping[str, str | None] | None) -> dict[str, str]:
+    """Return this process's environment with `env` applied (a None value removes a name)."""
+    merged = dict(os.environ)
+    for name, value in (env or {}).items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged
+
+
 def server_environment(
     env: Mapping[str, str | None] | None, port: int, bind_with: str, workdir: Path
 ) -> dict[str, str]:
-    """Return the child's environment: ours, the overrides, the bind address."""
-    child_env = dict(os.environ)
-    child_env["XDG_RUNTIME_DIR"] = str(workdir)
-    for name, value in (env or {}).items():
-        if value is None:
-            child_env.pop(name, None)
-        else:
-            child_env[name] = value
+    """Return a server's environment: ours, a private runtime dir, the overrides, the address."""
+    child_env = merged_environment({"XDG_RUNTIME_DIR": str(workdir), **(env or {})})
     address = f"{HOST}:{port}"
     if bind_with == "BIND":
         child_env["BIND"] = address
@@ -274,4 +287,6 @@ def start_mode(
 ) -> Server:
     """Start `gunicorn -c deploy/gunicorn/<mode>.py` on a free 127.0.0.1 port (via BIND)."""
     argv = [gunicorn_executable(), "-c", str(mode_config(mode)), *extra_args]
-    return start(argv, env=env, bind_with="BIND", workdir=workdir, timeout=timeout)
+    server = start(argv, env=env, bind_with="BIND", workdir=workdir, timeout=timeout)
+    server.mode = mode
+    return server

@@ -1,27 +1,19 @@
-"""The project's gunicorn worker for uvicorn: `worker_class = "deploy.workers.UvicornWorker"`.
+"""The project's gunicorn worker classes; each fixes what its stock class gets wrong here.
 
-uvicorn_worker.UvicornWorker (0.4) hands uvicorn only keepalive, timeout, max_requests,
-forwarded_allow_ips, backlog and SSL from gunicorn's config. This subclass also passes on:
-
-- lifespan "on": project.asgi answers the lifespan scope, so a failed start-up must stop the
-  worker rather than be logged and ignored ("auto");
-- worker_connections -> limit_concurrency, as gunicorn's gthread and asgi workers honour it;
-- graceful_timeout -> timeout_graceful_shutdown, so in-flight requests are cancelled cleanly
-  just before the master's SIGKILL instead of being killed mid-response;
-- access_log_format: uvicorn writes its own fixed access line; here gunicorn's logger writes
-  it, so every serving mode logs the same format (with request time and request ID).
-
-Not passed because uvicorn has no equivalent with httptools: limit_request_line/_fields/
-_field_size (httptools accepts any header size; nginx's large_client_header_buffers guards).
+- `ThreadWorker` (wsgi_gthread): gunicorn's gthread worker without its quick-shutdown deadlock.
+- `UvicornWorker` (asgi_uvicorn): uvicorn_worker's class, passing on the settings it drops.
 """
 
 from __future__ import annotations
 
 import datetime
+import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, ClassVar
 
+from gunicorn.workers.base import Worker
+from gunicorn.workers.gthread import ThreadWorker as StockThreadWorker
 from uvicorn_worker import UvicornWorker as StockUvicornWorker
 
 Scope = MutableMapping[str, Any]
@@ -34,8 +26,48 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SHUTDOWN_MARGIN = 1
 
 
+class ThreadWorker(StockThreadWorker):  # type: ignore[misc]  # untyped base (no py.typed)
+    """gunicorn's gthread worker, minus a deadlock on SIGINT/SIGQUIT (quick shutdown).
+
+    The stock handler calls ThreadPoolExecutor.shutdown() inside the signal handler. When the
+    signal lands while the main thread is in executor.submit(), which holds the same
+    non-reentrant lock (likeliest while the pool is still starting threads), the worker
+    deadlocks until the master SIGKILLs it at graceful_timeout (CPython #121649). Seen here
+    under gunicorn 27 after `kill -INT <master>` right after start-up: intermittent (up to 4
+    runs in 30, with load), the worker's main thread stuck in shutdown() inside submit().
+    Skipping the call changes nothing else: at exit, concurrent.futures' own atexit hook
+    wakes and joins the pool's threads, as shutdown() would have.
+    """
+
+    def handle_quit(self, sig: int, frame: object) -> None:
+        """Quit at once, as gunicorn's base worker does, without touching the pool's lock."""
+        Worker.handle_quit(self, sig, frame)
+
+
 class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (no py.typed)
-    """uvicorn_worker.UvicornWorker with uvloop, httptools and the settings it drops."""
+    """uvicorn_worker.UvicornWorker with uvloop, httptools and the settings it drops.
+
+    The stock class (uvicorn-worker 0.4) hands uvicorn only keepalive, timeout, max_requests,
+    forwarded_allow_ips, backlog and SSL from gunicorn's config. This one also passes on:
+
+    - lifespan "on": project.asgi answers the lifespan scope, so a failed start-up stops the
+      worker instead of being logged and ignored ("auto");
+    - worker_connections -> limit_concurrency, as gunicorn's gthread and asgi workers honour it;
+    - graceful_timeout -> timeout_graceful_shutdown, so what is still running is cancelled
+      cleanly just before the master's SIGKILL instead of being killed mid-response;
+    - access_log_format: uvicorn writes its own fixed access line; here gunicorn's logger
+      writes it, so every serving mode logs the same format (request time, request ID).
+
+    Not passed, as uvicorn has no equivalent with httptools: limit_request_line/_fields/
+    _field_size (httptools accepts any header size: nginx's large_client_header_buffers is
+    the guard).
+
+    It also fixes a hang: on SIGINT or SIGQUIT the master sends its workers SIGQUIT, which the
+    stock class answers by clearing gunicorn's `alive` flag, a flag uvicorn never reads: the
+    worker serves on until graceful_timeout, then is SIGKILLed. Measured under gunicorn 27 with
+    `kill -INT <master>`: 30 s and "Worker ... was sent SIGKILL!" with the stock class, under
+    1 s with this one. (Ctrl-C in a terminal also reaches the workers directly: not affected.)
+    """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         # Explicit, so a missing uvloop or httptools fails the start instead of falling back.
@@ -55,6 +87,13 @@ class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (
         self.config.timeout_graceful_shutdown = max(
             self.cfg.graceful_timeout - SHUTDOWN_MARGIN, SHUTDOWN_MARGIN
         )
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        """Stop uvicorn on gunicorn's quick-shutdown signal (SIGQUIT), as on SIGTERM."""
+        super().handle_exit(sig, frame)
+        # uvicorn's Server handles SIGTERM (graceful, bounded by timeout_graceful_shutdown);
+        # SIGTERM, not SIGINT: a second SIGINT would make uvicorn drop in-flight requests.
+        signal.raise_signal(signal.SIGTERM)
 
     def load_wsgi(self) -> None:
         """Load the ASGI app, wrapped so gunicorn's logger writes its access lines."""

@@ -63,7 +63,7 @@ keepalive = 75
 
 # --- Request limits (gunicorn's parsers; httptools under UvicornWorker has none: nginx guards) ---
 
-# Longest request line; above it gunicorn answers 414 (matches nginx's 8k header buffers).
+# Longest request line gunicorn allows (its maximum); above it gunicorn answers 414.
 limit_request_line = 8190
 # Most header fields per request; above it gunicorn answers 431.
 limit_request_fields = 100

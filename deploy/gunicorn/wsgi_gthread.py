@@ -41,8 +41,9 @@ bind = bind_from_env(8001)
 
 # The WSGI callable, so `gunicorn -c this-file` needs no app argument.
 wsgi_app = "project.wsgi:application"
-# A thread pool per worker process; requests beyond it wait in the worker's queue.
-worker_class = "gthread"
+# gunicorn's gthread worker (a thread pool per process; requests beyond it wait in the
+# worker's queue), minus its Ctrl-C/SIGQUIT deadlock: see deploy/workers.py.
+worker_class = "deploy.workers.ThreadWorker"
 # Threads per worker (GUNICORN_THREADS): concurrent requests = workers x threads; each thread
 # keeps its own database connection (CONN_MAX_AGE) when they are persistent.
 threads = env_int("GUNICORN_THREADS", 8)

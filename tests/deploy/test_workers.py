@@ -1,0 +1,195 @@
+"""The project's worker classes: what they pass on, log, and how they quit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
+from gunicorn.workers.gthread import ThreadWorker as StockThreadWorker
+
+from deploy.gunicorn import common
+from deploy.workers import GunicornAccessLog, ThreadWorker, UvicornWorker
+
+Message = dict[str, Any]
+
+
+def gunicorn_config(tmp_path: Path, **settings: Any) -> Config:
+    """Return a gunicorn Config with the project's access log format, logging to a file."""
+    cfg = Config()
+    cfg.set("accesslog", str(tmp_path / "access.log"))
+    cfg.set("access_log_format", common.access_log_format)
+    cfg.set("worker_tmp_dir", str(tmp_path))
+    for name, value in settings.items():
+        cfg.set(name, value)
+    return cfg
+
+
+@pytest.fixture
+def make_logger() -> Iterator[Any]:
+    """Return a factory of gunicorn Loggers whose handlers are closed after the test."""
+    made: list[Logger] = []
+
+    def make(cfg: Config) -> Logger:
+        log = Logger(cfg)
+        made.append(log)
+        return log
+
+    yield make
+    for log in made:
+        for handler in [*log.error_log.handlers, *log.access_log.handlers]:
+            handler.close()
+
+
+@pytest.fixture
+def uvicorn_loggers() -> Iterator[None]:
+    """Restore the uvicorn loggers a UvicornWorker rewires for the rest of the suite."""
+    saved = {
+        name: (logger.handlers[:], logger.level, logger.propagate)
+        for name in ("uvicorn.error", "uvicorn.access")
+        for logger in [logging.getLogger(name)]
+    }
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers, logger.level, logger.propagate = handlers, level, propagate
+
+
+def http_scope() -> dict[str, Any]:
+    """Return the scope of `POST /items/?page=2` from 127.0.0.1 with a user agent."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/items/",
+        "raw_path": b"/items/",
+        "query_string": b"page=2",
+        "headers": [(b"user-agent", b"probe/1.0"), (b"x-request-id", b"in-123")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8002),
+    }
+
+
+async def answering_app(scope: Any, receive: Any, send: Any) -> None:
+    """Answer 201 with the request ID and a body in two chunks."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 201,
+            "headers": [(b"content-type", b"text/plain"), (b"x-request-id", b"in-123")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"hello ", "more_body": True})
+    await send({"type": "http.response.body", "body": b"world"})
+
+
+async def call(app: Any, scope: dict[str, Any]) -> list[Message]:
+    """Call an ASGI app with an empty request body; return what it sent."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def test_access_log_writes_gunicorns_format(tmp_path: Path, make_logger: Any) -> None:
+    log = make_logger(gunicorn_config(tmp_path))
+    sent = asyncio.run(call(GunicornAccessLog(answering_app, log), http_scope()))
+    assert [message["type"] for message in sent] == [
+        "http.response.start",
+        "http.response.body",
+        "http.response.body",
+    ]
+    line = (tmp_path / "access.log").read_text().strip()
+    assert re.fullmatch(
+        r'127\.0\.0\.1 - - \[.+\] "POST /items/\?page=2 HTTP/1\.1" 201 11 "-" "probe/1\.0" '
+        r"\d+ms in-123",
+        line,
+    ), line
+
+
+def test_access_log_records_a_failing_app_as_500(tmp_path: Path, make_logger: Any) -> None:
+    async def failing_app(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    log = make_logger(gunicorn_config(tmp_path))
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(call(GunicornAccessLog(failing_app, log), http_scope()))
+    assert '"POST /items/?page=2 HTTP/1.1" 500 0 ' in (tmp_path / "access.log").read_text()
+
+
+def test_access_log_ignores_lifespan(tmp_path: Path, make_logger: Any) -> None:
+    seen: list[str] = []
+
+    async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    log = make_logger(gunicorn_config(tmp_path))
+    asyncio.run(call(GunicornAccessLog(lifespan_app, log), {"type": "lifespan"}))
+    assert seen == ["lifespan"]
+    assert (tmp_path / "access.log").read_text() == ""
+
+
+def test_uvicorn_worker_passes_on_what_the_stock_class_drops(
+    tmp_path: Path, uvicorn_loggers: None, make_logger: Any
+) -> None:
+    cfg = gunicorn_config(tmp_path, worker_connections=321, graceful_timeout=17, keepalive=75)
+    worker = UvicornWorker(0, os.getpid(), [], None, 30, cfg, make_logger(cfg))
+    try:
+        config = worker.config
+        assert (config.loop, config.http, config.lifespan) == ("uvloop", "httptools", "on")
+        assert config.limit_concurrency == 321
+        assert config.timeout_graceful_shutdown == 16
+        assert config.timeout_keep_alive == 75
+        # Its own access line is off: GunicornAccessLog writes the configured one.
+        assert config.access_log is False
+    finally:
+        worker.tmp.close()
+
+
+def quit_holding_the_pool_lock(worker_class: type[StockThreadWorker], log: Logger) -> bool:
+    """Return whether SIGQUIT's handler ends while the pool's lock is held, as in submit()."""
+    worker = worker_class(0, os.getpid(), [], None, 30, log.cfg, log)
+    worker.tpool = ThreadPoolExecutor(max_workers=1)
+    ended = threading.Event()
+
+    def main_thread_in_submit() -> None:
+        with worker.tpool._shutdown_lock:  # what submit() holds when the signal lands
+            try:
+                worker.handle_quit(signal.SIGQUIT, None)
+            except SystemExit:
+                ended.set()
+
+    # A daemon thread: if the handler deadlocks, the test fails instead of hanging.
+    thread = threading.Thread(target=main_thread_in_submit, daemon=True)
+    thread.start()
+    thread.join(timeout=3)
+    worker.tmp.close()
+    return ended.is_set()
+
+
+def test_thread_worker_quits_while_the_pool_lock_is_held(tmp_path: Path, make_logger: Any) -> None:
+    assert quit_holding_the_pool_lock(ThreadWorker, make_logger(gunicorn_config(tmp_path)))
+
+
+def test_stock_gthread_worker_deadlocks_there(tmp_path: Path, make_logger: Any) -> None:
+    # The negative control: the bug ThreadWorker exists for (CPython #121649). If a gunicorn
+    # release fixes it, this fails and ThreadWorker can go.
+    assert not quit_holding_the_pool_lock(StockThreadWorker, make_logger(gunicorn_config(tmp_path)))

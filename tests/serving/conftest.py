@@ -1,0 +1,115 @@
+"""Fixtures for the serving tests: a private database and upstream, real servers per mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from apps.showcase.upstream import start_in_thread
+from deploy.servers import (
+    MODES,
+    REPO_ROOT,
+    Server,
+    gunicorn_executable,
+    merged_environment,
+    start,
+    start_mode,
+)
+
+# Variables a developer's shell may export that would change what the servers under test do.
+INHERITED_SETTINGS = (
+    "BIND",
+    "PORT",
+    "WEB_CONCURRENCY",
+    "GUNICORN_CMD_ARGS",
+    "GUNICORN_THREADS",
+    "GUNICORN_CONTROL_SOCKET",
+    "FORWARDED_ALLOW_IPS",
+    "DATABASE_URL",
+    "DJANGO_ENV",
+    "DJANGO_DEBUG",
+    "DJANGO_ALLOWED_HOSTS",
+)
+
+Env = dict[str, str | None]
+
+# The commands the README tells users to type, run verbatim from the repo root with no config:
+# name -> (argv after "gunicorn", the interface it serves).
+USED_BY_COMMANDS = {
+    "wsgi": (["project.wsgi"], "wsgi"),
+    "uvicorn_worker": (
+        ["project.asgi:application", "-k", "uvicorn_worker.UvicornWorker"],
+        "asgi",
+    ),
+    # Deprecated since uvicorn 0.30 (it warns on import) but users still type it.
+    "uvicorn.workers": (
+        ["project.asgi:application", "-k", "uvicorn.workers.UvicornWorker"],
+        "asgi",
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def serving_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """Return the environment of every test server: a migrated temp SQLite, a live upstream.
+
+    The servers never touch the developer's var/db.sqlite3.
+    """
+    env: Env = dict.fromkeys(INHERITED_SETTINGS)
+    env["DJANGO_VAR_DIR"] = str(tmp_path_factory.mktemp("var"))
+    env["WEB_CONCURRENCY"] = "1"
+    migrate = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "--verbosity", "0"],
+        cwd=REPO_ROOT,
+        env=merged_environment(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    with start_in_thread() as upstream:
+        env["SHOWCASE_UPSTREAM_URL"] = upstream.url
+        yield env
+
+
+@pytest.fixture(scope="session", params=MODES)
+def mode_server(
+    request: pytest.FixtureRequest, serving_env: Env, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Return a running server per serving mode (one at a time; shared by the session)."""
+    mode: str = request.param
+    with start_mode(mode, env=serving_env, workdir=tmp_path_factory.mktemp(mode)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def used_by_servers(
+    serving_env: Env, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Server]]:
+    """Return the used-by commands running side by side, by name.
+
+    The address comes from GUNICORN_CMD_ARGS (`--bind 127.0.0.1:<port>`), so the command line
+    stays verbatim and nothing listens on 0.0.0.0 (gunicorn's own default when PORT is set).
+    """
+    servers: dict[str, Server] = {}
+    try:
+        for name, (args, _interface) in USED_BY_COMMANDS.items():
+            servers[name] = start(
+                [gunicorn_executable(), *args],
+                env=serving_env,
+                workdir=tmp_path_factory.mktemp(name.replace(".", "_")),
+            )
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def client_for(server: Server, timeout: float = 30.0) -> httpx.Client:
+    """Return an HTTP client for `server` that ignores the developer's proxy settings."""
+    return httpx.Client(base_url=server.base_url, timeout=timeout, trust_env=False)

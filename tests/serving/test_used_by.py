@@ -1,0 +1,42 @@
+"""The issue 2 smoke test: the commands users type serve every showcase pair alike.
+
+`gunicorn project.wsgi` and `gunicorn project.asgi:application -k <UvicornWorker>` from the
+repo root, no config file, no options: every /sync/<kind>/ and /async/<kind>/ gives the same
+answer through WSGI and through ASGI, and X-Interface names the interface that served it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.servers import Server
+from tests.serving.conftest import USED_BY_COMMANDS, client_for
+from tests.serving.exchanges import INTERFACE_HEADER, PROBES, Answer, Probe, answer
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("probe", PROBES, ids=lambda probe: probe.name)
+def test_every_pair_answers_alike_through_wsgi_and_asgi(
+    probe: Probe, used_by_servers: dict[str, Server]
+) -> None:
+    answers: dict[tuple[str, str], Answer] = {}
+    for name, server in used_by_servers.items():
+        interface = USED_BY_COMMANDS[name][1]
+        with client_for(server) as client:
+            for side in ("sync", "async"):
+                response = probe.send(client, side)
+                assert response.headers[INTERFACE_HEADER] == interface, (name, side)
+                answers[name, side] = answer(probe, response)
+    reference = answers["wsgi", "sync"]
+    probe.check(reference)
+    different = {where: got for where, got in answers.items() if got != reference}
+    assert not different, f"wsgi/sync answered {reference}, but: {different}"
+
+
+def test_used_by_commands_log_no_traceback(used_by_servers: dict[str, Server]) -> None:
+    with client_for(used_by_servers["wsgi"]) as client:
+        assert client.get("/").status_code == 200
+    for name, server in used_by_servers.items():
+        assert server.running(), name
+        assert "Traceback" not in server.output(), f"{name}:\n{server.tail()}"
