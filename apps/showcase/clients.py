@@ -1,12 +1,12 @@
-"""The HTTP clients of the upstream views: one sync client per process, one async per loop.
+"""The HTTP clients of the upstream views: one sync client per process, a few async per loop.
 
 A client keeps a pool of keep-alive connections, so it is built once and reused: a new client
 per request would pay a TCP handshake every time. The sync client is shared by every thread of
 the process (httpx documents Client as shareable between threads). An AsyncClient belongs to
 the event loop it first ran in: uvicorn has one loop per worker, but Django's test client and
-`async_to_sync` (an async view under WSGI: one new loop per request) make new ones, so there is
-one AsyncClient per running loop, closed as that loop ends. Clients are built on first use,
-after gunicorn forked, so workers never share sockets.
+`async_to_sync` (an async view under WSGI: one new loop per request) make new ones, so each
+running loop has its own async clients, closed as that loop ends. Clients are built on first
+use, after gunicorn forked, so workers never share sockets.
 """
 
 from __future__ import annotations
@@ -16,22 +16,28 @@ import functools
 import ssl
 import threading
 import weakref
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import httpx
 from django.conf import settings
 
-# The sync client serves one worker's threads (gthread: a few dozen at most); the async
-# client serves every concurrent request of a worker, so it gets a far larger pool.
+# The sync client serves one worker's threads: a few dozen concurrent requests at most.
 SYNC_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-ASYNC_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+
+# httpcore's pool re-checks every connection for every queued request each time a request
+# starts or ends (encode/httpx#3215, open). Counted here, calls to AsyncHTTPConnection.is_idle
+# per request through one AsyncClient: 5 with 1 request in flight, 88 with 10, about 17,000
+# with 100; with 1,000 the pool stalled into connect timeouts. So a loop spreads its requests
+# over several small clients ("shards"), opening another only while every open one has
+# SHARD_TARGET requests in flight: with 16 shards, 100 in flight cost 154 checks a request.
+SHARD_TARGET = 8
+MAX_SHARDS = 64
+SHARD_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
 
 _sync_client: httpx.Client | None = None
 _sync_lock = threading.Lock()
-# Each loop's client, with the task that closes it when the loop ends.
-_async_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Task[None]]
-] = weakref.WeakKeyDictionary()
 
 
 class UpstreamFailure(Exception):
@@ -78,31 +84,74 @@ def sync_client() -> httpx.Client:
     return _sync_client
 
 
-def async_client() -> httpx.AsyncClient:
-    """Return the running loop's async client, creating it on first use in that loop."""
+@dataclass(eq=False)
+class Shard:
+    """One of a loop's async clients and the requests it has in flight."""
+
+    client: httpx.AsyncClient
+    in_flight: int = 0
+
+
+class LoopClients:
+    """The async clients of one event loop, closed when that loop ends."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.shards: list[Shard] = []
+        self.closer = loop.create_task(self.close_with_loop())
+
+    def pick(self) -> Shard:
+        """Return the least busy shard, opening a new one while all are at SHARD_TARGET."""
+        shard = min(self.shards, key=attrgetter("in_flight"), default=None)
+        if shard is None or (shard.in_flight >= SHARD_TARGET and len(self.shards) < MAX_SHARDS):
+            shard = Shard(httpx.AsyncClient(**client_options(SHARD_LIMITS)))
+            self.shards.append(shard)
+        return shard
+
+    async def get(self, url: str, **options: Any) -> httpx.Response:
+        """Send a GET through the least busy shard."""
+        shard = self.pick()
+        shard.in_flight += 1
+        try:
+            return await shard.client.get(url, **options)
+        finally:
+            shard.in_flight -= 1
+
+    async def aclose(self) -> None:
+        """Close every shard now and forget this loop's clients."""
+        if _loop_clients.get(self.loop) is self:
+            del _loop_clients[self.loop]
+        if self.closer is not asyncio.current_task():
+            # A closer that never ran dies on cancel without reaching its finally: close here.
+            self.closer.cancel()
+        for shard in self.shards:
+            await shard.client.aclose()
+
+    async def close_with_loop(self) -> None:
+        """Wait until cancelled, then close the shards while the loop still runs.
+
+        `asyncio.run` (used by uvicorn, asgiref's `async_to_sync` and so Django's test
+        runner) cancels every remaining task before it closes the loop: this task's
+        cancellation is the last moment the clients' connections can be closed cleanly.
+        """
+        try:
+            await self.loop.create_future()
+        finally:
+            await self.aclose()
+
+
+_loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopClients] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_clients() -> LoopClients:
+    """Return the running loop's async clients, created on first use in that loop."""
     loop = asyncio.get_running_loop()
-    entry = _async_clients.get(loop)
-    if entry is None:
-        client = httpx.AsyncClient(**client_options(ASYNC_LIMITS))
-        entry = client, loop.create_task(close_with_loop(loop, client))
-        _async_clients[loop] = entry
-    return entry[0]
-
-
-async def close_with_loop(loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> None:
-    """Wait until cancelled, then close `client` while its loop still runs.
-
-    `asyncio.run` (used by uvicorn, asgiref's `async_to_sync` and so Django's test runner)
-    cancels every remaining task before it closes the loop: this task's cancellation is the
-    loop's last moment in which the client's connections can still be closed cleanly.
-    """
-    try:
-        await loop.create_future()
-    finally:
-        entry = _async_clients.get(loop)
-        if entry is not None and entry[0] is client:
-            del _async_clients[loop]
-        await client.aclose()
+    clients = _loop_clients.get(loop)
+    if clients is None:
+        clients = _loop_clients[loop] = LoopClients(loop)
+    return clients
 
 
 def close_sync_client() -> None:
@@ -114,14 +163,11 @@ def close_sync_client() -> None:
         client.close()
 
 
-async def aclose_async_client() -> None:
-    """Close the running loop's async client now; the next call builds a new one."""
-    entry = _async_clients.pop(asyncio.get_running_loop(), None)
-    if entry is not None:
-        client, closer = entry
-        # A closer that never ran yet dies on cancel without reaching its finally: close here.
-        closer.cancel()
-        await client.aclose()
+async def aclose_loop_clients() -> None:
+    """Close the running loop's async clients now; the next call builds new ones."""
+    clients = _loop_clients.get(asyncio.get_running_loop())
+    if clients is not None:
+        await clients.aclose()
 
 
 def upstream_request(ms: int) -> tuple[str, dict[str, Any]]:
@@ -162,10 +208,10 @@ def fetch_upstream(ms: int) -> Any:
 
 
 async def afetch_upstream(ms: int) -> Any:
-    """Ask the upstream to wait `ms` and return its JSON answer (async client)."""
+    """Ask the upstream to wait `ms` and return its JSON answer (the loop's async clients)."""
     url, options = upstream_request(ms)
     try:
-        response = await async_client().get(url, **options)
+        response = await loop_clients().get(url, **options)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise failure(exc) from exc
     return interpret(response)

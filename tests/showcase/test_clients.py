@@ -9,12 +9,21 @@ from asgiref.sync import async_to_sync
 from django.test import SimpleTestCase, override_settings
 
 from apps.showcase import clients
-from apps.showcase.clients import UpstreamFailure, failure, interpret
+from apps.showcase.clients import (
+    MAX_SHARDS,
+    SHARD_TARGET,
+    LoopClients,
+    UpstreamFailure,
+    failure,
+    interpret,
+)
 
 
-async def loop_client() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
-    """Return the running loop's client, asked for twice."""
-    return clients.async_client(), clients.async_client()
+async def loop_clients_twice() -> tuple[LoopClients, LoopClients]:
+    """Return the running loop's clients, asked for twice, with one shard opened."""
+    first = clients.loop_clients()
+    first.pick()
+    return first, clients.loop_clients()
 
 
 class SyncClientTests(SimpleTestCase):
@@ -34,34 +43,59 @@ class SyncClientTests(SimpleTestCase):
         self.assertFalse(clients.sync_client().trust_env)
 
 
-class AsyncClientTests(SimpleTestCase):
-    async def test_one_client_per_loop(self):
-        first, second = await loop_client()
+class LoopClientsTests(SimpleTestCase):
+    async def test_one_set_per_loop(self):
+        first, second = await loop_clients_twice()
         self.assertIs(first, second)
-        self.assertFalse(first.trust_env)
+        self.assertFalse(first.shards[0].client.trust_env)
 
-    def test_each_loop_gets_its_own_client_closed_when_the_loop_ends(self):
+    def test_each_loop_gets_its_own_clients_closed_when_the_loop_ends(self):
         # asyncio.run is what uvicorn and asgiref's async_to_sync (an async view under WSGI,
         # an async test) run their loops with.
-        first, _ = asyncio.run(loop_client())
-        second, _ = asyncio.run(loop_client())
+        first, _ = asyncio.run(loop_clients_twice())
+        second, _ = asyncio.run(loop_clients_twice())
         self.assertIsNot(first, second)
-        self.assertTrue(first.is_closed)
-        self.assertTrue(second.is_closed)
+        self.assertTrue(first.shards[0].client.is_closed)
+        self.assertTrue(second.shards[0].client.is_closed)
 
     def test_async_to_sync_loops_close_their_clients(self):
-        first, _ = async_to_sync(loop_client)()
-        second, _ = async_to_sync(loop_client)()
+        first, _ = async_to_sync(loop_clients_twice)()
+        second, _ = async_to_sync(loop_clients_twice)()
         self.assertIsNot(first, second)
-        self.assertTrue(first.is_closed and second.is_closed)
+        self.assertTrue(first.shards[0].client.is_closed and second.shards[0].client.is_closed)
 
-    async def test_aclose_makes_the_next_call_build_a_new_client(self):
-        first = clients.async_client()
-        await clients.aclose_async_client()
-        self.assertTrue(first.is_closed)
-        second = clients.async_client()
+    async def test_aclose_makes_the_next_call_build_new_clients(self):
+        first = clients.loop_clients()
+        shard = first.pick()
+        await clients.aclose_loop_clients()
+        self.assertTrue(shard.client.is_closed)
+        second = clients.loop_clients()
         self.assertIsNot(second, first)
-        self.assertFalse(second.is_closed)
+        self.assertIsNot(second.pick().client, shard.client)
+        await clients.aclose_loop_clients()
+
+    async def test_a_shard_opens_only_when_every_shard_is_busy(self):
+        pool = clients.loop_clients()
+        first = pool.pick()
+        self.assertIs(pool.pick(), first)
+        first.in_flight = SHARD_TARGET - 1
+        self.assertIs(pool.pick(), first)
+        first.in_flight = SHARD_TARGET
+        second = pool.pick()
+        self.assertIsNot(second, first)
+        second.in_flight = 1
+        self.assertIs(pool.pick(), second)
+        first.in_flight = 0
+        self.assertIs(pool.pick(), first)
+        self.assertEqual(len(pool.shards), 2)
+        await clients.aclose_loop_clients()
+
+    async def test_shards_stop_at_the_maximum(self):
+        pool = clients.loop_clients()
+        for _ in range(MAX_SHARDS + 5):
+            pool.pick().in_flight = SHARD_TARGET
+        self.assertEqual(len(pool.shards), MAX_SHARDS)
+        await clients.aclose_loop_clients()
 
 
 class InterpretTests(SimpleTestCase):

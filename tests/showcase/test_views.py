@@ -7,6 +7,7 @@ the test's own connection and transaction.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from django.test import AsyncClient, Client, SimpleTestCase, TestCase, override_
 from django.urls import resolve
 
 from apps.showcase import clients, payloads
+from apps.showcase.clients import SHARD_TARGET
 from apps.showcase.models import Item
 from apps.showcase.upstream import start_in_thread
 from tests.showcase.helpers import (
@@ -198,12 +200,22 @@ class UpstreamTests(PairTestCase):
         await sync_to_async(self.client.get)("/sync/upstream/?ms=0")
         sync_client = clients.sync_client()
         await self.async_client.get("/async/upstream/?ms=0")
-        async_client = clients.async_client()
+        loop_clients = clients.loop_clients()
         await sync_to_async(self.client.get)("/sync/upstream/?ms=0")
         await self.async_client.get("/async/upstream/?ms=0")
         self.assertIs(clients.sync_client(), sync_client)
-        self.assertIs(clients.async_client(), async_client)
+        self.assertIs(clients.loop_clients(), loop_clients)
+        self.assertEqual(len(loop_clients.shards), 1)
         self.assertEqual(self.upstream.server.requests - requests_before, 4)
+
+    async def test_concurrent_async_calls_spread_over_shards(self):
+        responses = await asyncio.gather(
+            *(self.async_client.get("/async/upstream/?ms=300") for _ in range(4 * SHARD_TARGET))
+        )
+        self.assertEqual(
+            [response.status_code for response in responses], [200] * (4 * SHARD_TARGET)
+        )
+        self.assertGreaterEqual(len(clients.loop_clients().shards), 2)
 
     async def test_upstream_down_is_a_502(self):
         with override_settings(SHOWCASE_UPSTREAM_URL=f"http://127.0.0.1:{free_port()}/"):
