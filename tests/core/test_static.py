@@ -27,6 +27,8 @@ from django.conf import settings
 from django.contrib.staticfiles.storage import staticfiles_storage
 from django.core.handlers.asgi import ASGIHandler
 from django.core.management import call_command
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from django.test import SimpleTestCase, override_settings
 from django.urls import path
@@ -174,6 +176,14 @@ class CollectedStaticMixin(SimpleTestCase):
             )
         )
         call_command("collectstatic", interactive=False, verbosity=0)
+
+    def setUp(self) -> None:
+        super().setUp()
+        # As Django's test clients do: the real ASGIHandler would otherwise health-check a
+        # connection an earlier test left open, and these tests may not use the database.
+        for signal in (request_started, request_finished):
+            signal.disconnect(close_old_connections)
+            self.addCleanup(signal.connect, close_old_connections)
 
     @property
     def css_hashed_url(self) -> str:
