@@ -101,12 +101,11 @@ class FileStream:
 
 def file_response(answer: Any, content: FileStream) -> HttpResponseBase:
     """Turn whitenoise's answer into a Django response, as `WhiteNoiseMiddleware.serve` does."""
-    response = WhiteNoiseFileResponse(content, status=int(answer.status))
+    response: HttpResponseBase = WhiteNoiseFileResponse(content, status=int(answer.status))
     # No default Content-Type: whitenoise's headers are the only ones, as in the sync path.
     del response["Content-Type"]
     for key, value in answer.headers:
         response[key] = value
-    assert isinstance(response, HttpResponseBase)
     return response
 
 
