@@ -13,11 +13,13 @@ label ran no test, or when a substituted class was never instantiated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -27,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tests.django_suite.child import (
     ERROR,
@@ -138,6 +140,25 @@ def django_tests_dir(django_version: str, cache: Path = CACHE_DIR) -> Path:
 # --- Running runtests.py ----------------------------------------------------------------------
 
 
+def run_bounded(
+    command: list[str], *, timeout: float, cwd: Path, env: dict[str, str] | None, out: IO[str]
+) -> int:
+    """Run `command` in its own process group; kill the whole group if it outlives `timeout`.
+
+    runtests.py forks worker processes: killing only the direct child would orphan them.
+    """
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        # Also reaps workers left behind by a child that crashed or timed out.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @dataclass
 class Run:
     """The outcome of one runtests.py run."""
@@ -179,16 +200,8 @@ def run_suite(
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
     env.pop("PYTHONPATH", None)
     with log.open("w") as out:
-        completed = subprocess.run(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
-    run = Run(name=name, returncode=completed.returncode, log=log)
+        returncode = run_bounded(command, timeout=RUN_TIMEOUT, cwd=REPO_ROOT, env=env, out=out)
+    run = Run(name=name, returncode=returncode, log=log)
     if not results.exists() and parallel > 1:
         # Without tblib, one failing test in a worker crashes runtests' whole parallel run
         # ("cannot pickle 'traceback' object"): rerun serially to learn which tests fail.
