@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from asgiref.sync import iscoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages_middleware
@@ -52,12 +52,17 @@ _SESSION_INTERRUPTED = (
 ResponseT = TypeVar("ResponseT", bound=HttpResponseBase)
 
 
+async def _resolved(value: HttpResponseBase | None) -> HttpResponseBase | None:
+    """Return `value` from a coroutine: a hook's result for a caller that awaits it."""
+    return value
+
+
 class NativeHooksMixin(_Base):
     """Run a `MiddlewareMixin` subclass's sync hooks inline in async mode.
 
     Only for hooks that do no I/O. In async mode `process_view` is shadowed per instance by a
-    coroutine function, because `BaseHandler.load_middleware` wraps a sync one in
-    `sync_to_async`; the class's sync method stays what Django's own tests call.
+    function marked as a coroutine function, because `BaseHandler.load_middleware` wraps a sync
+    one in `sync_to_async`; the class's sync method stays what Django's own tests call.
     """
 
     def __init__(self, get_response: Callable[..., Any]) -> None:
@@ -69,19 +74,22 @@ class NativeHooksMixin(_Base):
             and self.hooks_are_native()
         ):
 
-            async def process_view(
+            def process_view(
                 request: HttpRequest,
                 view_func: Callable[..., Any],
                 view_args: tuple[Any, ...],
                 view_kwargs: dict[str, Any],
-            ) -> HttpResponseBase | None:
-                response: HttpResponseBase | None = sync_process_view(
-                    request, view_func, view_args, view_kwargs
-                )
-                return response
+            ) -> Any:
+                result = sync_process_view(request, view_func, view_args, view_kwargs)
+                # Django's make_middleware_decorator (csrf_protect, ...) builds the middleware
+                # around the view it protects and calls process_view without awaiting it.
+                if view_func is get_response:
+                    return result
+                return _resolved(result)
 
-            # An instance attribute, so only this async-mode instance changes.
-            setattr(self, "process_view", process_view)  # noqa: B010
+            # Marked so load_middleware does not wrap it in sync_to_async. An instance
+            # attribute, so only this async-mode instance changes.
+            setattr(self, "process_view", markcoroutinefunction(process_view))  # noqa: B010
 
     def hooks_are_native(self) -> bool:
         """Return whether the hooks may run on the event loop (no I/O under these settings)."""

@@ -138,6 +138,18 @@ class NativeBehaviourTests(TestCase):
         accepted = await client.post("/async/post/", headers={"X-CSRFToken": secret})
         self.assertEqual(accepted.status_code, 200)
 
+    @override_settings(MIDDLEWARE=[])
+    async def test_decorator_built_from_the_native_csrf_middleware(self) -> None:
+        # make_middleware_decorator calls process_view without awaiting it.
+        client = AsyncClient(enforce_csrf_checks=True)
+        rejected = await client.post("/async/protected/")
+        self.assertEqual(rejected.status_code, 403)
+        secret = "b" * 32
+        client.cookies[settings.CSRF_COOKIE_NAME] = secret
+        accepted = await client.post("/async/protected/", headers={"X-CSRFToken": secret})
+        self.assertEqual(accepted.status_code, 200)
+        self.assertEqual(accepted.content, b"protected")
+
     async def test_security_headers_on_async_responses(self) -> None:
         response = await self.async_client.get("/async/ok/")
         self.assertEqual(response.headers["X-Content-Type-Options"], "nosniff")

@@ -15,4 +15,5 @@ urlpatterns = [
     path("sync/log/", views.sync_log),
     path("async/log/", views.async_log),
     path("sync/thread/", views.sync_thread),
+    path("async/protected/", views.async_protected),
 ]

@@ -8,10 +8,13 @@ import time
 
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.decorators import decorator_from_middleware
 
 from apps.core.logging import request_id_var
+from apps.core.native import CsrfViewMiddleware
 
 logger = logging.getLogger("tests.core")
+csrf_protect_native = decorator_from_middleware(CsrfViewMiddleware)
 
 
 async def async_ok(request: HttpRequest) -> HttpResponse:
@@ -69,3 +72,9 @@ def sync_thread(request: HttpRequest) -> HttpResponse:
     """Name the thread a sync view runs on (under ASGI: the request's executor thread)."""
     time.sleep(float(request.GET.get("sleep", "0")))
     return JsonResponse({"thread": threading.current_thread().name})
+
+
+@csrf_protect_native
+async def async_protected(request: HttpRequest) -> HttpResponse:
+    """An async view behind a decorator built from the native CSRF middleware."""
+    return HttpResponse("protected")
