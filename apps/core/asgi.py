@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from typing import Any
 
 import django
@@ -71,9 +72,15 @@ class ExecutorPool:
 class PooledThreadASGIHandler(ASGIHandler):
     """Django's ASGI handler, with each request's thread-sensitive executor taken from a pool."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.executors = ExecutorPool(settings.ASGI_IDLE_THREADS)
+    @cached_property
+    def executors(self) -> ExecutorPool:
+        """Return this handler's pool, made on first use.
+
+        Lazy, so subclasses that skip `ASGIHandler.__init__` (Django's ASGIStaticFilesHandler)
+        still get one; the default serves settings that are not this project's (Django's own
+        test suite runs against this handler: tests/django_suite).
+        """
+        return ExecutorPool(getattr(settings, "ASGI_IDLE_THREADS", 64))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -65,3 +65,25 @@ def test_a_broken_replacement_is_reported(tmp_path: Path) -> None:
     assert "middleware.test_security.SecurityMiddlewareTest.test_content_type_on" in row["lost"]
     assert all("content_type" in test for test in row["lost"])
     assert row["ours"]["passed"] == row["django"]["passed"] - len(row["lost"])
+
+
+def test_pooled_asgi_handler_passes_djangos_asgi_and_handler_tests(tmp_path: Path) -> None:
+    # django.core.asgi binds ASGIHandler at import: reload it so get_asgi_application() (what
+    # the asgi tests call) builds the pooled handler.
+    returncode, output, report = run_script(
+        tmp_path,
+        "--labels",
+        "asgi",
+        "handlers",
+        "--substitute=django.core.handlers.asgi.ASGIHandler=apps.core.asgi.PooledThreadASGIHandler",
+        "--reload=django.core.asgi",
+    )
+
+    assert report["problems"] == [], output
+    for label in ("asgi", "handlers"):
+        row = report["labels"][label]
+        assert row["lost"] == [], label
+        assert row["django"]["passed"] > 0, label
+        assert row["ours"]["passed"] >= row["django"]["passed"], label
+    assert report["instances"]["apps.core.asgi.PooledThreadASGIHandler"]["sync"] > 0
+    assert returncode == 0
