@@ -303,10 +303,13 @@ def test_forwarded_headers_are_nginx_own_whatever_the_client_sends(
 
 
 @pytest.mark.serving
-def test_upstream_connections_are_kept_alive_over_http11(echo_proxy: EchoProxy) -> None:
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_upstream_connections_are_kept_alive_over_http11(echo_proxy: EchoProxy, entry: str) -> None:
+    """Also through the hybrid entry's `proxy_pass http://$hybrid_backend`: a variable naming
+    an upstream block keeps that block's keepalive pool."""
     # One client connection, so one nginx worker (each worker keeps its own upstream pool).
     with httpx.Client() as client:
-        reports = [echoed(client.get(echo_proxy.url("wsgi", f"/n/{n}/"))) for n in range(3)]
+        reports = [echoed(client.get(echo_proxy.url(entry, f"/n/{n}/"))) for n in range(3)]
     assert {report["request_line"].rsplit(" ", 1)[1] for report in reports} == {"HTTP/1.1"}
     # One upstream connection served all three: nginx's keepalive pool, not one per request.
     assert len({report["peer_port"] for report in reports}) == 1
