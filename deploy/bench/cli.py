@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -347,6 +348,10 @@ def run(
         status, message = "interrupted", "stopped by Ctrl-C or SIGTERM"
     except (BenchError, servers.ServerError, wrk.WrkError, InfraError, OSError) as exc:
         status, message = "failed", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a bug here: still stop everything, keep what was measured
+        status, message = "failed", f"{type(exc).__name__}: {exc}"
+        results["traceback"] = traceback.format_exc()
+        console.print_exception()
     finally:
         stopped = runner.stop_all()
         signal.signal(signal.SIGTERM, previous_term)

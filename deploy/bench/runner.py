@@ -49,6 +49,11 @@ INHERITED_SETTINGS = (
 )
 PROBE_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 30.0
+# After an overload (sync workers at 500 connections) the server still works through the
+# requests queued in its listen backlog: wait for it, up to this long, before the next run.
+SETTLE_TIMEOUT_S = 120.0
+# A health check answered faster than this: the queue is drained.
+SETTLED_S = 0.5
 
 Notify = Callable[[str], None]
 
@@ -154,14 +159,17 @@ class Runner:
                 os.killpg(self.wrk_process.pid, signal.SIGKILL)
             self.wrk_process.wait()
             stopped.append(f"wrk (pid {self.wrk_process.pid})")
-        for label, server in reversed(self.running):
-            # A second Ctrl-C must not leave the rest running: ignore it while stopping.
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
+        # A second Ctrl-C must not leave the rest running: ignore it while stopping.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            # SIGTERM to all first, so they shut down side by side, then wait for each.
+            for _, server in self.running:
+                server.send_signal(signal.SIGTERM)
+            for label, server in reversed(self.running):
                 status = server.stop(timeout=STOP_TIMEOUT_S)
-            finally:
-                signal.signal(signal.SIGINT, previous)
-            stopped.append(f"{label} (pid {server.pid}, exit {status})")
+                stopped.append(f"{label} (pid {server.pid}, exit {status})")
+        finally:
+            signal.signal(signal.SIGINT, previous)
         self.running.clear()
         return stopped
 
@@ -221,48 +229,57 @@ class Runner:
     # --- the plan --------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run every repeat of every group, then the SSE groups."""
+        """Start every group's server, run the repeats across them, then the SSE groups.
+
+        One fresh server per group serves all its repeats: idle servers cost their CPU
+        nothing, and the alternating order then spreads drift across every mode.
+        """
         self.prepare()
+        started: dict[str, tuple[servers.Server, servers.Server | None]] = {}
+        for group in self.plan.groups:
+            started[group.contender.name] = self.start_group(group)
         for repeat in range(self.options.repeat):
             for group, cells in self.plan.ordered(repeat):
-                self.run_group(group, cells, repeat)
+                server, front = started[group.contender.name]
+                for cell in cells:
+                    target = front if cell.via == "nginx" and front else server
+                    scenario = self.plan.scenarios[cell.scenario]
+                    self.measure(
+                        server,
+                        front if cell.via == "nginx" else None,
+                        target,
+                        cell,
+                        scenario,
+                        repeat,
+                    )
+                    self.advance(self.options.duration_s + 0.4, cell.key)
+        for record in self.servers_started:
+            after = procs.snapshot(record["pid"])
+            record.update(
+                {"after_rss": after.total, "after_worker_rss": sorted(after.worker_rss.values())}
+            )
+        self.stop_all()
         for sse_group in self.plan.sse:
             self.run_sse(sse_group)
 
-    def run_group(self, group: Group, cells: list[Cell], repeat: int) -> None:
-        """Start the group's server (and nginx), warm up, measure each cell, stop them."""
+    def start_group(self, group: Group) -> tuple[servers.Server, servers.Server | None]:
+        """Start the group's server and, when a cell needs it, nginx in front; warm it up."""
         contender = group.contender
-        tag = f"r{repeat + 1}-{contender.name}"
-        server = self.start_server(contender, group.workers, tag)
+        server = self.start_server(contender, group.workers, contender.name)
         self.advance(3.0, f"started {contender.name}")
         front: servers.Server | None = None
-        try:
-            if group.needs_nginx:
-                front, config = start_nginx(
-                    server,
-                    contender.interface,
-                    self.workdir / "nginx" / tag,
-                    self.options.load_cpus,
-                )
-                self.register(f"nginx for {contender.name}", front)
-                self.commands.setdefault("nginx", {"argv": front.argv, "config": config})
-            if self.options.warmup_s >= 1:
-                self.warm_up(server, group)
-            for cell in cells:
-                target = front if cell.via == "nginx" and front else server
-                scenario = self.plan.scenarios[cell.scenario]
-                self.measure(
-                    server, front if cell.via == "nginx" else None, target, cell, scenario, repeat
-                )
-                self.advance(self.options.duration_s + 0.4, cell.key)
-            after = procs.snapshot(server.pid)
-            self.servers_started[-1].update(
-                {"after_rss": after.total, "after_worker_rss": sorted(after.worker_rss.values())}
+        if group.needs_nginx:
+            front, config = start_nginx(
+                server,
+                contender.interface,
+                self.workdir / "nginx" / contender.name,
+                self.options.load_cpus,
             )
-        finally:
-            if front is not None:
-                self.stop(front)
-            self.stop(server)
+            self.register(f"nginx for {contender.name}", front)
+            self.commands.setdefault("nginx", {"argv": front.argv, "config": config})
+        if self.options.warmup_s >= 1:
+            self.warm_up(server, group)
+        return server, front
 
     def warm_up(self, server: servers.Server, group: Group) -> None:
         """Send every scenario of the group to a fresh server at once; discard the figures."""
@@ -277,6 +294,29 @@ class Runner:
             self.options.warmup_s,
         )
         self.advance(self.options.warmup_s, f"warm-up {group.contender.name}")
+
+    def settle(self, server: servers.Server) -> float:
+        """Wait until the server answers /healthz promptly again; return how long that took."""
+        started = time.monotonic()
+        deadline = started + SETTLE_TIMEOUT_S
+        last = "no answer"
+        while time.monotonic() < deadline:
+            asked = time.monotonic()
+            try:
+                status = servers.http_status(
+                    servers.HOST, server.port, servers.HEALTH_PATH, timeout=deadline - asked
+                )
+            except OSError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                time.sleep(0.2)
+                continue
+            if status == 200 and time.monotonic() - asked < SETTLED_S:
+                return time.monotonic() - started
+            last = f"HTTP {status} after {time.monotonic() - asked:.1f} s"
+        raise BenchError(
+            f"{' '.join(server.argv)} still busy {SETTLE_TIMEOUT_S:.0f} s after the last run "
+            f"({last}):\n{server.tail()}"
+        )
 
     def measure(
         self,
@@ -302,7 +342,11 @@ class Runner:
             "path": scenario.path_for(interface),
             "method": scenario.method,
         }
-        status, body = probe(target.port, scenario, interface)
+        record["settle_s"] = self.settle(server)
+        try:
+            status, body = probe(target.port, scenario, interface)
+        except OSError as exc:
+            raise BenchError(f"{cell.key}: the probe request failed: {exc}") from exc
         record["probe_status"] = status
         if status != scenario.status:
             record["skipped"] = f"answered {status}, expected {scenario.status}: {body[:200]!r}"
