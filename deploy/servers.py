@@ -8,8 +8,9 @@ Used by the tests, the benchmark and the fault tests::
 
 Each server runs in its own session (process group), logs stdout and stderr to a file in its
 own directory, and is stopped by its PID with SIGTERM: gunicorn's graceful shutdown, and the
-only signal both UvicornWorker import paths obey (they ignore SIGINT). SIGKILL to the server's
-own process group is the last resort, so no worker outlives a stuck master.
+one signal every worker class obeys (SIGINT to the master alone leaves the stock
+UvicornWorker's workers running until graceful_timeout). SIGKILL to the server's own process
+group is the last resort, so no worker outlives a stuck master.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -103,6 +105,16 @@ class Server:
     def tail(self, lines: int = 40) -> str:
         """Return the last lines of the output, for error messages."""
         return "\n".join(self.output().splitlines()[-lines:])
+
+    def wait_for_output(self, pattern: str, count: int = 1, timeout: float = 30.0) -> bool:
+        """Wait up to `timeout` s until the regex `pattern` matches `count` times in the output."""
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while len(regex.findall(self.output())) < count:
+            if time.monotonic() >= deadline or not self.running():
+                return len(regex.findall(self.output())) >= count
+            time.sleep(0.05)
+        return True
 
     def running(self) -> bool:
         """Return whether the process started has not exited yet (without reaping it)."""

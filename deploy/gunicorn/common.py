@@ -101,6 +101,11 @@ control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip
 # --- Server hooks --------------------------------------------------------------------------------
 
 
+def post_worker_init(worker: Any) -> None:
+    """Log that a worker has loaded the app and starts serving: boot time made visible."""
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
+
+
 def when_ready(server: Any) -> None:
     """Log the serving mode once the master listens: one line that says what runs."""
     cfg = server.cfg

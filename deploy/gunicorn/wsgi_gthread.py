@@ -26,6 +26,7 @@ from deploy.gunicorn.common import (
     loglevel,
     max_requests,
     max_requests_jitter,
+    post_worker_init,
     timeout,
     when_ready,
     worker_tmp_dir,

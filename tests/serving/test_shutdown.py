@@ -68,6 +68,9 @@ def terminate_with_requests_in_flight(
     side = "sync" if interface_of_mode(mode) == "wsgi" else "async"
     server = start_mode(mode, env={**env, "WEB_CONCURRENCY": str(WORKERS)}, workdir=workdir)
     try:
+        # /healthz answers once ONE worker serves: wait for all, or a sync worker still
+        # booting would take no request and the count of served ones would vary.
+        assert server.wait_for_output(r"Worker ready \(pid", count=WORKERS), server.tail()
         threads, outcomes = send_in_flight(server, f"/{side}/sleep/?ms={SLEEP_MS}", IN_FLIGHT)
         # Let the workers accept what they will accept before the signal.
         time.sleep(0.3)
