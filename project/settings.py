@@ -233,10 +233,11 @@ STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", VAR_DIR / "static"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Hashed names (cacheable forever) plus .gz variants, written by collectstatic.
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "apps.core.static.ManifestStaticFilesStorage"},
 }
 # A name missing from the manifest falls back to the plain name instead of raising, so
-# templates render in tests and in development before collectstatic has run.
+# templates render in tests and on a fresh clone before collectstatic has run (see the
+# storage's docstring: whitenoise's own class still raises when the file is not collected).
 WHITENOISE_MANIFEST_STRICT = False
 
 # --- Proxy and security ------------------------------------------------------------------------

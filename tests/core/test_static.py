@@ -33,7 +33,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from django.test import SimpleTestCase, override_settings
 from django.urls import path
 
-from apps.core.static import CHUNK_SIZE, FileStream
+from apps.core.static import CHUNK_SIZE, FileStream, ManifestStaticFilesStorage
 
 STATIC_MIDDLEWARE = "apps.core.static.StaticFilesMiddleware"
 STATIC_ONLY = [STATIC_MIDDLEWARE]
@@ -622,3 +622,32 @@ class FileStreamTests(SimpleTestCase):
         self.assertTrue(await loop.run_in_executor(None, file.closed_event.wait, 10))
         self.assertTrue(file.closed)
         self.assertNotEqual(file.close_thread, threading.get_ident())
+
+
+class ManifestStorageTests(SimpleTestCase):
+    """{% static %} before and after collectstatic, with DEBUG off."""
+
+    def test_uncollected_file_falls_back_to_its_plain_url(self) -> None:
+        with tempfile.TemporaryDirectory() as root, override_settings(STATIC_ROOT=root):
+            storage = ManifestStaticFilesStorage()
+            self.assertEqual(storage.url("showcase/showcase.css"), "/static/showcase/showcase.css")
+
+    def test_collected_file_gets_its_hashed_url(self) -> None:
+        with tempfile.TemporaryDirectory() as root, override_settings(STATIC_ROOT=root):
+            call_command("collectstatic", interactive=False, verbosity=0)
+            url = ManifestStaticFilesStorage().url("showcase/showcase.css")
+        self.assertRegex(url, r"^/static/showcase/showcase\.[0-9a-f]{12}\.css$")
+
+    def test_strict_mode_still_raises(self) -> None:
+        with (
+            tempfile.TemporaryDirectory() as root,
+            override_settings(STATIC_ROOT=root, WHITENOISE_MANIFEST_STRICT=True),
+            self.assertRaisesMessage(ValueError, "Missing staticfiles manifest entry"),
+        ):
+            ManifestStaticFilesStorage().url("showcase/showcase.css")
+
+    def test_index_renders_before_collectstatic(self) -> None:
+        with tempfile.TemporaryDirectory() as root, override_settings(STATIC_ROOT=root):
+            response = self.client.get("/")
+        self.assertEqual(response.status_code, 200)
+        self.assertContains(response, "/static/showcase/showcase.css")
