@@ -139,6 +139,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sse-events", type=int, help="events per SSE stream (default: 15)")
     p.add_argument("--sse-interval", type=int, help="ms between two SSE events (default: 200)")
     p.add_argument(
+        "--sse-ramp",
+        type=float,
+        help="seconds over which the SSE clients connect, evenly spread (default: 1)",
+    )
+    p.add_argument(
         "--timeout", type=int, default=2, help="wrk's request timeout in whole seconds (default: 2)"
     )
     p.add_argument("--server-cpus", help="CPUs for the servers, e.g. 0 (default: the first half)")
@@ -222,6 +227,7 @@ def options_from(args: argparse.Namespace) -> Options:
         sse_interval_ms=int(
             positive(pick("sse_interval"), "--sse-interval", 200, low=0, high=10_000)
         ),
+        sse_ramp_s=positive(pick("sse_ramp"), "--sse-ramp", 1.0, low=0.0, high=600),
         timeout_s=positive(args.timeout, "--timeout", 2, low=1),
         server_cpus=server_cpus,
         load_cpus=load_cpus,

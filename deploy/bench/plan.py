@@ -53,6 +53,7 @@ class Options:
     sse_clients: tuple[int, ...] = (100, 1000)
     sse_events: int = 15
     sse_interval_ms: int = 200
+    sse_ramp_s: float = 1.0
     timeout_s: float = 2.0
     server_cpus: tuple[int, ...] = ()
     load_cpus: tuple[int, ...] = ()
@@ -124,7 +125,7 @@ class Plan:
             for group in self.groups
         )
         runs = self.cell_count() * opts.repeat * (opts.duration_s + RUN_OVERHEAD_S)
-        stream_s = (opts.sse_events - 1) * opts.sse_interval_ms / 1000 + 1.0
+        stream_s = opts.sse_ramp_s + (opts.sse_events - 1) * opts.sse_interval_ms / 1000 + 1.0
         sse = sum(START_S + len(group.clients) * (stream_s + 1.0) for group in self.sse)
         return starts + runs + sse
 

@@ -100,7 +100,7 @@ def header_section(analysis: Analysis) -> list[str]:
         f"- **Settings**: {options['workers']} workers per server (SSE: 1), "
         f"gthread {options['threads']} threads per worker, "
         f"{options['duration_s']:g} s per run after a {options['warmup_s']:g} s "
-        f"warm-up, {options['repeat']} repeats in alternating order, a fresh server per repeat, "
+        f"warm-up, {options['repeat']} repeats in alternating order on one fresh server per mode, "
         f"wrk timeout {options['timeout_s']:g} s; "
         "Django in production settings (DEBUG off) on SQLite; "
         "gunicorn's worker recycling off (`--max-requests 0`); figures are medians (min-max).",
@@ -252,8 +252,11 @@ def sse_section(analysis: Analysis) -> list[str]:
             f"{run['completed']:,}",
             f"{100 * run['on_time_ratio']:.1f}%",
             triple(run["lateness_ms"]),
+            triple(run.get("gap_lateness_ms") or {"p50": 0, "p99": 0, "max": 0}),
+            triple(run.get("first_event_ms") or {"p50": 0, "p99": 0, "max": 0}),
             mib(run["server"]["peak_worker_rss"]),
             f"{run['server']['cpu_percent']:.0f}%",
+            f"{run.get('client_cpu_percent', 0):.0f}%",
             ", ".join(f"{k}: {v}" for k, v in run["statuses"].items()),
             ", ".join(f"{k}: {v}" for k, v in run["errors"].items()) or "",
         ]
@@ -262,12 +265,15 @@ def sse_section(analysis: Analysis) -> list[str]:
     return [
         "## Long-lived connections (Server-Sent Events)",
         "",
-        f"Each client asks for {first['events']} events {first['interval_ms']} ms apart "
-        "from a fresh "
-        "one-worker server (ASGI modes: the async view; WSGI modes: the sync view). Event k is due "
-        "(k - 1) x interval after the client sent its request; on time = no more than 100 ms late, "
-        "over every event expected (an event never received counts as late). Status 0: no answer "
-        "before the deadline.",
+        f"Each client asks for {first['events']} events {first['interval_ms']} ms apart from a "
+        "fresh one-worker server (ASGI modes: the async view; WSGI modes: the sync view); the "
+        f"clients connect evenly over {first.get('ramp_s', 0):g} s. Event k is due "
+        "(k - 1) x interval after the stream's first event: **late** is how far the stream fell "
+        "behind that schedule (delays add up), **gap** is each event against the previous one "
+        "(the delay of that step alone), **first** is the time from request to first event. "
+        "On time = no more than 100 ms late, over every event expected (an event never received "
+        "counts as late). Status 0: no answer before the deadline. Client CPU: the SSE client's "
+        "own use of its core (near 100%, the client itself may be late).",
         "",
         *table(
             [
@@ -277,8 +283,11 @@ def sse_section(analysis: Analysis) -> list[str]:
                 "completed",
                 "on time",
                 "late p50/p99/max (ms)",
+                "gap p50/p99/max (ms)",
+                "first p50/p99/max (ms)",
                 "worker RSS",
                 "CPU",
+                "client CPU",
                 "statuses",
                 "client errors",
             ],

@@ -464,6 +464,7 @@ class Runner:
                         opts.sse_events,
                         opts.sse_interval_ms,
                         grace_s=SSE_GRACE_S,
+                        ramp_s=opts.sse_ramp_s,
                     )
                 self.sse_runs.append(
                     {

@@ -6,7 +6,10 @@ at once, then one per interval. Event k (1-based) is due `(k - 1) * interval_ms`
 first event arrived: its lateness is how far the server fell behind its own schedule while
 holding every other stream. How long the first event took (connect, queue, Django) is
 measured apart, as the time to first event. A client that never connects misses all its
-events, and a missed event counts as late. Everything is bounded by one deadline.
+events, and a missed event counts as late. Clients start spread over a ramp (a burst of
+1,000 new streams at one instant measures a reconnect storm, not holding them); everything
+is bounded by one deadline. The client runs on uvloop and reports its own CPU use, so a
+client too busy to read on time is visible.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+import uvloop
 
 # Late by more than this, an event fails target 4 ("no more than 100 ms late").
 ON_TIME_MS = 100.0
@@ -31,6 +36,8 @@ class ClientResult:
     status: int = 0
     first_event_ms: float = 0.0
     lateness_ms: list[float] = field(default_factory=list)
+    # Each event against the previous one: the delay added per event, without the drift.
+    gap_lateness_ms: list[float] = field(default_factory=list)
     error: str = ""
 
     @property
@@ -52,10 +59,14 @@ class SseResult:
     events_received: int
     on_time: int
     lateness_ms: dict[str, float]
+    gap_lateness_ms: dict[str, float]
     first_event_ms: dict[str, float]
     statuses: dict[str, int]
     errors: dict[str, int]
     wall_s: float
+    # The client's own CPU use: near 100% of its core, the client may be what is late.
+    client_cpu_percent: float = 0.0
+    ramp_s: float = 0.0
 
     @property
     def on_time_ratio(self) -> float:
@@ -118,17 +129,25 @@ class ChunkedDecoder:
 
 
 async def one_client(
-    host: str, port: int, path: str, events: int, interval_ms: int, deadline: float
+    host: str,
+    port: int,
+    path: str,
+    events: int,
+    interval_ms: int,
+    deadline: float,
+    delay_s: float = 0.0,
 ) -> ClientResult:
-    """Run one SSE client until its last event, an error or the deadline (loop time)."""
-    loop = asyncio.get_running_loop()
+    """Run one SSE client, `delay_s` after the others started, until its last event, an
+    error or the deadline (loop time)."""
     result = ClientResult()
     writer: asyncio.StreamWriter | None = None
-    sent = first = loop.time()
+    # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
+    sent = first = previous = time.perf_counter()
     try:
         async with asyncio.timeout_at(deadline):
+            await asyncio.sleep(delay_s)
             reader, writer = await asyncio.open_connection(host, port)
-            sent = loop.time()
+            sent = time.perf_counter()
             writer.write(
                 f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 "Accept: text/event-stream\r\n\r\n".encode("latin-1")
@@ -152,13 +171,17 @@ async def one_client(
                 data = await reader.read(READ_BYTES)
                 if not data:
                     break
-                arrived = loop.time()
+                arrived = time.perf_counter()
                 pending += decoder.feed(data) if decoder else data
                 *complete, pending = pending.split(b"\n\n")
                 for _ in complete:
                     if not result.lateness_ms:
-                        first = arrived
+                        first = previous = arrived
                         result.first_event_ms = (arrived - sent) * 1000
+                    else:
+                        gap_ms = (arrived - previous) * 1000
+                        result.gap_lateness_ms.append(max(0.0, gap_ms - interval_ms))
+                        previous = arrived
                     due = first + len(result.lateness_ms) * interval_ms / 1000
                     result.lateness_ms.append(max(0.0, (arrived - due) * 1000))
     except TimeoutError:
@@ -174,16 +197,32 @@ async def one_client(
 
 
 async def run_clients(
-    host: str, port: int, path: str, clients: int, events: int, interval_ms: int, grace_s: float
+    host: str,
+    port: int,
+    path: str,
+    clients: int,
+    events: int,
+    interval_ms: int,
+    grace_s: float,
+    ramp_s: float,
 ) -> SseResult:
-    """Run `clients` SSE clients at once; every one ends by the stream's length plus grace."""
+    """Run `clients` SSE clients, their starts spread evenly over `ramp_s`; every one ends by
+    its start plus the stream's length plus grace."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    deadline = loop.time() + (events - 1) * interval_ms / 1000 + grace_s
+    cpu_before = time.process_time()
+    deadline = loop.time() + ramp_s + (events - 1) * interval_ms / 1000 + grace_s
     results = await asyncio.gather(
-        *(one_client(host, port, path, events, interval_ms, deadline) for _ in range(clients))
+        *(
+            one_client(host, port, path, events, interval_ms, deadline, ramp_s * n / clients)
+            for n in range(clients)
+        )
     )
-    return summarize(list(results), events, interval_ms, time.monotonic() - started)
+    wall_s = time.monotonic() - started
+    summary = summarize(list(results), events, interval_ms, wall_s)
+    summary.client_cpu_percent = 100.0 * (time.process_time() - cpu_before) / wall_s
+    summary.ramp_s = ramp_s
+    return summary
 
 
 def summarize(
@@ -192,6 +231,7 @@ def summarize(
     """Return the run's figures from what each client saw."""
     lateness = [late for result in results for late in result.lateness_ms]
     firsts = [result.first_event_ms for result in results if result.connected]
+    gaps = [late for result in results for late in result.gap_lateness_ms]
     return SseResult(
         clients=len(results),
         events=events,
@@ -205,6 +245,11 @@ def summarize(
             "p50": percentile(lateness, 50),
             "p99": percentile(lateness, 99),
             "max": max(lateness, default=0.0),
+        },
+        gap_lateness_ms={
+            "p50": percentile(gaps, 50),
+            "p99": percentile(gaps, 99),
+            "max": max(gaps, default=0.0),
         },
         first_event_ms={
             "p50": percentile(firsts, 50),
@@ -225,6 +270,7 @@ def run(
     events: int,
     interval_ms: int,
     grace_s: float = 5.0,
+    ramp_s: float = 0.0,
 ) -> SseResult:
-    """Run the clients on a fresh event loop (see run_clients)."""
-    return asyncio.run(run_clients(host, port, path, clients, events, interval_ms, grace_s))
+    """Run the clients on a fresh uvloop event loop (see run_clients)."""
+    return uvloop.run(run_clients(host, port, path, clients, events, interval_ms, grace_s, ramp_s))

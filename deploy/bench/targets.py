@@ -25,6 +25,8 @@ SSE_TARGET_CLIENTS = 1000
 SSE_ON_TIME_SHARE = 0.99
 MEMORY_LIMIT_BYTES = 200 * MB
 TARGET3_CONNECTIONS = 500
+# The SSE client busier than this on its core: its own timestamps may be late.
+CLIENT_BUSY_PERCENT = 80.0
 # Django's own hello reaching this share of the bare app's: the server is the limit.
 CEILING_SHARE = 0.8
 # A bare ASGI hello on uvicorn beats a bare WSGI hello on gthread by ~5-6x (Granian's
@@ -155,11 +157,18 @@ def target_4(sse_runs: Sequence[Mapping[str, Any]]) -> Target:
     share = run["on_time_ratio"]
     passed = run["connected"] >= SSE_TARGET_CLIENTS and share >= SSE_ON_TIME_SHARE
     figure = f"{run['connected']:,} of {run['clients']:,} connected, {100 * share:.1f}% on time"
+    gap = run.get("gap_lateness_ms") or {}
     details = [
         f"lateness p50 {run['lateness_ms']['p50']:.0f} ms, p99 {run['lateness_ms']['p99']:.0f} ms, "
         f"max {run['lateness_ms']['max']:.0f} ms; statuses {run['statuses']}; "
-        f"client errors {run['errors'] or 'none'}"
+        f"client errors {run['errors'] or 'none'}",
+        f"per-event gap lateness p50 {gap.get('p50', 0):.0f} ms, p99 {gap.get('p99', 0):.0f} ms",
     ]
+    if run.get("client_cpu_percent", 0.0) > CLIENT_BUSY_PERCENT:
+        details.append(
+            f"the SSE client used {run['client_cpu_percent']:.0f}% of its CPU: "
+            "it may itself have read late"
+        )
     return Target(4, title, PASS if passed else FAIL, figure, details)
 
 

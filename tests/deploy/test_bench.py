@@ -570,7 +570,12 @@ def test_chunked_decoder_across_any_split() -> None:
 
 def test_sse_summary_counts_missing_events_as_late() -> None:
     results = [
-        sse.ClientResult(status=200, first_event_ms=5.0, lateness_ms=[0.0, 10.0, 150.0]),
+        sse.ClientResult(
+            status=200,
+            first_event_ms=5.0,
+            lateness_ms=[0.0, 10.0, 150.0],
+            gap_lateness_ms=[10.0, 140.0],
+        ),
         sse.ClientResult(status=503),
         sse.ClientResult(status=0, error="deadline"),
     ]
@@ -580,6 +585,8 @@ def test_sse_summary_counts_missing_events_as_late() -> None:
     assert summary.on_time_ratio == pytest.approx(2 / 9)
     assert summary.statuses == {"0": 1, "200": 1, "503": 1}
     assert summary.errors == {"deadline": 1}
+    assert summary.gap_lateness_ms["max"] == 140.0
+    assert summary.first_event_ms["p50"] == 5.0
 
 
 # --- /proc figures ----------------------------------------------------------------------------
@@ -683,6 +690,8 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
     assert all(server["rest_rss"] > 0 for server in results["servers"])
     (sse_run,) = results["sse_runs"]
     assert (sse_run["clients"], sse_run["connected"], sse_run["events_received"]) == (20, 20, 60)
+    # Measured, not defaulted: every stream took some time to its first event.
+    assert sse_run["first_event_ms"]["p50"] > 0
     assert [target["number"] for target in results["targets"]] == [1, 2, 3, 4, 5, 6]
 
     report = (out / "report.md").read_text(encoding="utf-8")
