@@ -24,16 +24,22 @@ If-None-Match / If-Modified-Since, Range, the .gz/.br variant for Accept-Encodin
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+import warnings
 from collections.abc import AsyncIterator
 from io import BufferedIOBase
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from whitenoise.middleware import WhiteNoiseFileResponse, WhiteNoiseMiddleware
 from whitenoise.storage import CompressedManifestStaticFilesStorage
 
 from apps.core.middleware import BothModesMiddleware, GetResponse
+
+logger = logging.getLogger(__name__)
 
 # Django's ASGI handler sends at most this many bytes per http.response.body message
 # (ASGIHandler.chunk_size): reading the same amount keeps one read per message.
@@ -110,13 +116,33 @@ def file_response(answer: Any, content: FileStream) -> HttpResponseBase:
     return response
 
 
+@functools.cache
+def _warn_missing_static_root(static_root: str) -> None:
+    logger.warning(
+        "STATIC_ROOT %s does not exist: static files are not served until "
+        "`python manage.py collectstatic` has run.",
+        static_root,
+    )
+
+
 class StaticFilesMiddleware(BothModesMiddleware):
     """Serve static files as whitenoise does, natively in both modes (see the module doc)."""
 
     def __init__(self, get_response: GetResponse) -> None:
         super().__init__(get_response)
         # Reads the settings and builds the file index now, as WhiteNoiseMiddleware does.
-        self.whitenoise = WhiteNoiseMiddleware(get_response)
+        # whitenoise warns (UserWarning) on every build when STATIC_ROOT does not exist yet,
+        # which test runs and a fresh clone always hit; say it once in the log instead.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.whitenoise = WhiteNoiseMiddleware(get_response)
+        for warning in caught:
+            if str(warning.message).startswith("No directory at"):
+                _warn_missing_static_root(str(settings.STATIC_ROOT))
+            else:
+                warnings.warn_explicit(
+                    warning.message, warning.category, warning.filename, warning.lineno
+                )
 
     def find(self, request: HttpRequest) -> Any:
         """Return whitenoise's static file (or redirect) for the request's path, or None."""

@@ -33,7 +33,12 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from django.test import SimpleTestCase, override_settings
 from django.urls import path
 
-from apps.core.static import CHUNK_SIZE, FileStream, ManifestStaticFilesStorage
+from apps.core.static import (
+    CHUNK_SIZE,
+    FileStream,
+    ManifestStaticFilesStorage,
+    StaticFilesMiddleware,
+)
 
 STATIC_MIDDLEWARE = "apps.core.static.StaticFilesMiddleware"
 STATIC_ONLY = [STATIC_MIDDLEWARE]
@@ -651,3 +656,20 @@ class ManifestStorageTests(SimpleTestCase):
             response = self.client.get("/")
         self.assertEqual(response.status_code, 200)
         self.assertContains(response, "/static/showcase/showcase.css")
+
+
+class MissingStaticRootTests(SimpleTestCase):
+    def test_missing_static_root_is_logged_once_not_warned(self) -> None:
+        missing = Path(tempfile.gettempdir()) / f"dualserve-no-static-{random.random()}"
+
+        async def get_response(request: HttpRequest) -> HttpResponse:
+            return HttpResponse()
+
+        with (
+            override_settings(STATIC_ROOT=str(missing)),
+            self.assertLogs("apps.core.static", "WARNING") as logs,
+        ):
+            StaticFilesMiddleware(get_response)
+            StaticFilesMiddleware(get_response)  # the second build says nothing more
+        self.assertEqual(len(logs.records), 1)
+        self.assertIn("collectstatic", logs.output[0])
