@@ -924,6 +924,22 @@ def require_pod() -> str:
     return binary
 
 
+def tmpfs_over_tmp(box: Sandbox) -> list[str]:
+    """Return the shell lines that cover /tmp with a tmpfs, as compose does, keeping the
+    repository reachable when the checkout itself lives under /tmp (a CI clone may)."""
+    quote = shlex.quote
+    if Path("/tmp") not in REPO.parents:
+        return ["mount -t tmpfs -o mode=1777 tmpfs /tmp"]
+    stage = box.root / "mnt" / "repository"
+    stage.mkdir(parents=True, exist_ok=True)
+    return [
+        f"mount --bind -o ro {quote(str(REPO))} {quote(str(stage))}",
+        "mount -t tmpfs -o mode=1777 tmpfs /tmp",
+        f"mkdir -p {quote(str(REPO))}",
+        f"mount --bind -o ro {quote(str(stage))} {quote(str(REPO))}",
+    ]
+
+
 @dataclass
 class Pod:
     """compose's network on this machine: one network namespace whose loopback carries every
@@ -943,7 +959,7 @@ class Pod:
             *box.mount_script(),
             "ip link set lo up",
             f"mount --bind {shlex.quote(str(hosts))} /etc/hosts",
-            "mount -t tmpfs -o mode=1777 tmpfs /tmp",
+            *tmpfs_over_tmp(box),
             f"touch {shlex.quote(str(ready))}",
             # Bounded: the test kills it long before.
             "exec sleep 600",
