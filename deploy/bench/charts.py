@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # before pyplot: render to files, never open a window
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from deploy.bench.analysis import Analysis
 from deploy.bench.stats import CellStats, find
@@ -36,6 +37,14 @@ def series(analysis: Analysis, scenario: str) -> dict[str, list[CellStats]]:
     return {name: sorted(cells, key=lambda c: c.concurrency) for name, cells in found.items()}
 
 
+def color(analysis: Analysis, contender: str) -> str:
+    """Return the same colour for a contender in every chart."""
+    mode, _, profile = contender.partition("+")
+    base = analysis.contenders.index(mode) if mode in analysis.contenders else 9
+    offset = {"": 0, "stock": len(analysis.contenders), "bare": 2 * len(analysis.contenders)}
+    return f"C{(base + offset.get(profile, 0)) % 10}"
+
+
 def grid(count: int) -> tuple[int, int]:
     """Return (rows, columns) for `count` panels, at most three per row."""
     columns = min(3, max(1, count))
@@ -43,35 +52,91 @@ def grid(count: int) -> tuple[int, int]:
 
 
 def throughput_chart(analysis: Analysis, out: Path) -> str | None:
-    """Draw requests/s against connections, one panel per scenario, one line per mode."""
-    scenarios = [name for name in analysis.scenarios if series(analysis, name)]
-    if not scenarios:
+    """Draw requests/s per scenario and mode: lines over connections, bars for one level.
+
+    The bare apps are left out (ceiling.png): at ten times Django's figures they would
+    flatten every other line.
+    """
+    panels = []
+    for name in analysis.scenarios:
+        found = {k: v for k, v in series(analysis, name).items() if not k.endswith("+bare")}
+        if found:
+            panels.append((name, found))
+    if not panels:
         return None
-    rows, columns = grid(len(scenarios))
+    rows, columns = grid(len(panels))
     figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
-    for index, name in enumerate(scenarios):
+    for index, (name, found) in enumerate(panels):
         axis = axes[index // columns][index % columns]
-        for contender, cells in series(analysis, name).items():
-            x = [cell.concurrency for cell in cells]
-            y = [cell.rps.median for cell in cells]
-            errors = [
-                [cell.rps.median - cell.rps.low for cell in cells],
-                [cell.rps.high - cell.rps.median for cell in cells],
-            ]
-            style = "--" if "+" in contender else "-"
-            axis.errorbar(
-                x, y, yerr=errors, label=contender, marker="o", linestyle=style, capsize=3
+        levels = sorted({cell.concurrency for cells in found.values() for cell in cells})
+        if len(levels) > 1:
+            for contender, cells in found.items():
+                x = [cell.concurrency for cell in cells]
+                y = [cell.rps.median for cell in cells]
+                errors = [
+                    [cell.rps.median - cell.rps.low for cell in cells],
+                    [cell.rps.high - cell.rps.median for cell in cells],
+                ]
+                style = "--" if "+" in contender else "-"
+                axis.errorbar(
+                    x,
+                    y,
+                    yerr=errors,
+                    label=contender,
+                    marker="o",
+                    linestyle=style,
+                    capsize=3,
+                    color=color(analysis, contender),
+                )
+            axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())
+            axis.set_xticks(levels, [str(level) for level in levels])
+            axis.set_xlabel("connections")
+            axis.legend(fontsize=7)
+            axis.set_title(name)
+        else:
+            names = list(found)
+            cells = [found[contender][0] for contender in names]
+            axis.bar(
+                range(len(cells)),
+                [cell.rps.median for cell in cells],
+                yerr=[
+                    [cell.rps.median - cell.rps.low for cell in cells],
+                    [cell.rps.high - cell.rps.median for cell in cells],
+                ],
+                capsize=3,
+                color=[color(analysis, contender) for contender in names],
             )
-        axis.set_title(name)
-        axis.set_xscale("log")
-        axis.set_xlabel("connections")
+            axis.set_xticks(range(len(cells)), names, rotation=30, ha="right", fontsize=7)
+            axis.set_title(f"{name} at {levels[0]} connections")
         axis.set_ylabel("requests/s (median, min-max)")
         axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=7)
-    for index in range(len(scenarios), rows * columns):
+    for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].axis("off")
-    figure.suptitle("Throughput against concurrency (direct, no nginx)")
+    figure.suptitle("Throughput (direct, no nginx)")
     return save(figure, out / "throughput.png")
+
+
+def ceiling_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw Django's hello against the bare app on the same server config, per mode."""
+    pairs = []
+    for contender in analysis.contenders:
+        for bare in find(analysis.cells, f"{contender}+bare", "hello"):
+            django = find(analysis.cells, contender, "hello", bare.concurrency)
+            if django:
+                pairs.append((contender, django[0].rps.median, bare.rps.median))
+    if not pairs:
+        return None
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(pairs) + 2), 4.0))
+    positions = range(len(pairs))
+    axis.bar([p - 0.2 for p in positions], [b for _, _, b in pairs], 0.4, label="bare app")
+    axis.bar([p + 0.2 for p in positions], [d for _, d, _ in pairs], 0.4, label="Django hello")
+    axis.set_xticks(list(positions), [name for name, _, _ in pairs], rotation=20, ha="right")
+    axis.set_ylabel("requests/s (median)")
+    axis.set_title("Ceiling: the same server config without Django")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    return save(figure, out / "ceiling.png")
 
 
 def latency_chart(analysis: Analysis, out: Path) -> str | None:
@@ -201,7 +266,14 @@ def nginx_chart(analysis: Analysis, out: Path) -> str | None:
 def draw_all(analysis: Analysis, out: Path) -> list[str]:
     """Draw every chart the results allow; return the file names written."""
     drawn = []
-    for draw in (throughput_chart, latency_chart, nginx_chart, sse_chart, memory_chart):
+    for draw in (
+        throughput_chart,
+        latency_chart,
+        ceiling_chart,
+        nginx_chart,
+        sse_chart,
+        memory_chart,
+    ):
         name = draw(analysis, out)
         if name:
             drawn.append(name)

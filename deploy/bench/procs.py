@@ -66,15 +66,25 @@ def read_stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[11]) + int(fields[12])
 
 
-def rss_bytes(pid: int) -> int:
-    """Return the resident set size of `pid` (VmRSS), 0 when it is gone or a kernel thread."""
+def status_field(pid: int, name: str) -> int:
+    """Return the first number of a /proc/<pid>/status field, 0 when absent or gone."""
     try:
         for line in (PROC / str(pid) / "status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * KIB
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return 0
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    """Return the resident set size of `pid` (VmRSS), 0 when it is gone or a kernel thread."""
+    return status_field(pid, "VmRSS") * KIB
+
+
+def threads(pid: int) -> int:
+    """Return how many threads `pid` runs, 0 when it is gone."""
+    return status_field(pid, "Threads")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -110,6 +120,7 @@ class Snapshot:
 
     root_rss: int
     worker_rss: dict[int, int]
+    worker_threads: dict[int, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -125,7 +136,11 @@ class Snapshot:
 def snapshot(pid: int) -> Snapshot:
     """Return the memory of the tree under `pid` now."""
     pids = tree(pid)
-    return Snapshot(rss_bytes(pid), {child: rss_bytes(child) for child in pids[1:]})
+    return Snapshot(
+        rss_bytes(pid),
+        {child: rss_bytes(child) for child in pids[1:]},
+        {child: threads(child) for child in pids[1:]},
+    )
 
 
 @dataclass
@@ -137,6 +152,7 @@ class Usage:
     peak_total_rss: int = 0
     peak_worker_rss: int = 0
     workers: int = 0
+    peak_worker_threads: int = 0
     samples: int = 0
     cpus: int = 0
     cpus_busy_s: float = 0.0
@@ -203,3 +219,6 @@ class Sampler:
         self.usage.peak_total_rss = max(self.usage.peak_total_rss, shot.total)
         self.usage.peak_worker_rss = max(self.usage.peak_worker_rss, shot.max_worker)
         self.usage.workers = max(self.usage.workers, len(shot.worker_rss))
+        self.usage.peak_worker_threads = max(
+            self.usage.peak_worker_threads, max(shot.worker_threads.values(), default=0)
+        )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
 from deploy.bench.analysis import Analysis, verdict_lines
 from deploy.bench.stats import CellStats, Spread
+from deploy.servers import REPO_ROOT
 
 MIB = 1024 * 1024
 # A machine busier than this (load average per CPU) before the run skews every figure.
@@ -311,6 +313,7 @@ def memory_section(analysis: Analysis) -> list[str]:
             entry = per_contender[cell.contender]
             entry["load_worker"] = max(entry.get("load_worker", 0), cell.server_peak_worker_rss)
             entry["load_total"] = max(entry.get("load_total", 0), cell.server_peak_rss)
+            entry["threads"] = max(entry.get("threads", 0), cell.server_peak_worker_threads)
     for run in analysis.results["sse_runs"]:
         sse_entry = per_contender.get(run["contender"] + " (SSE)")
         if sse_entry is not None:
@@ -319,6 +322,9 @@ def memory_section(analysis: Analysis) -> list[str]:
                 entry.get("load_worker", 0), run["server"]["peak_worker_rss"]
             )
             entry["load_total"] = max(entry.get("load_total", 0), run["server"]["peak_rss"])
+            entry["threads"] = max(
+                entry.get("threads", 0), run["server"].get("peak_worker_threads", 0)
+            )
     rows = []
     for name, entry in per_contender.items():
         rest = entry["rest"]
@@ -330,6 +336,7 @@ def memory_section(analysis: Analysis) -> list[str]:
                 mib(max(entry["rest_total"])) if entry["rest_total"] else "-",
                 mib(entry.get("load_worker", 0)),
                 mib(entry.get("load_total", 0)),
+                str(entry.get("threads", "-")),
             ]
         )
     return [
@@ -337,7 +344,9 @@ def memory_section(analysis: Analysis) -> list[str]:
         "",
         "RSS from /proc (VmRSS) of the master and each worker. At rest: just after the server "
         "answered its health check (median worker; total of the largest). Under load: the peak of "
-        "samples taken every 250 ms during the runs (SSE rows: while the streams were open).",
+        "samples taken every 250 ms during the runs (SSE rows: while the streams were open). "
+        "Threads: the most OS threads one worker ran (Django's ASGI handler gives every "
+        "in-flight request a thread of its own for its sync parts).",
         "",
         *table(
             [
@@ -347,6 +356,7 @@ def memory_section(analysis: Analysis) -> list[str]:
                 "total at rest",
                 "worker under load (peak)",
                 "total under load (peak)",
+                "threads per worker (peak)",
             ],
             rows,
         ),
@@ -387,37 +397,54 @@ def charts_section(charts: Sequence[str]) -> list[str]:
     return [*lines, ""]
 
 
+SHOWN_ENV = (
+    "DJANGO_ENV",
+    "DJANGO_SECRET_KEY",
+    "DJANGO_ALLOWED_HOSTS",
+    "DJANGO_SECURE_SSL_REDIRECT",
+    "DUALSERVE_PROFILE",
+    "WEB_CONCURRENCY",
+    "GUNICORN_THREADS",
+    "GUNICORN_CMD_ARGS",
+)
+
+
+def shown_command(argv: Sequence[str], root: str) -> str:
+    """Return a command line for the report: quoted, paths relative to the checkout."""
+    return shlex.join(argv).replace(root + "/", "")
+
+
 def reproduce_section(analysis: Analysis) -> list[str]:
     """Return how to run this again, and where the exact commands are."""
     results = analysis.results
+    root = str(REPO_ROOT)
     first_run = next((run for run in results["runs"] if "command" in run), None)
     first_server = results["servers"][0] if results["servers"] else None
     lines = ["## Reproduce", "", "```sh", results["command"], "```", ""]
     if first_server:
         env = first_server["env"]
-        shown = " ".join(
-            f"{k}={v}"
-            for k, v in env.items()
-            if v is not None
-            and k
-            in {
-                "WEB_CONCURRENCY",
-                "GUNICORN_THREADS",
-                "GUNICORN_CMD_ARGS",
-                "DUALSERVE_PROFILE",
-                "DJANGO_ENV",
-            }
-        )
+        assignments = [
+            f"{name}={shlex.quote(str(env[name]))}" for name in SHOWN_ENV if env.get(name)
+        ]
         lines += [
-            f"A server, e.g. {first_server['contender']}:",
+            f"A server as the harness starts it, e.g. {first_server['contender']} (bound with "
+            "BIND=127.0.0.1:<port>; the database and static files live in a private "
+            "DJANGO_VAR_DIR):",
             "",
             "```sh",
-            f"{shown} {' '.join(first_server['argv'])}",
+            " ".join([*assignments, shown_command(first_server["argv"], root)]),
             "```",
             "",
         ]
     if first_run:
-        lines += ["A load run, e.g.:", "", "```sh", first_run["command"], "```", ""]
+        lines += [
+            "A load run, e.g. (the generated Lua script sets the request, prints exact figures):",
+            "",
+            "```sh",
+            first_run["command"],
+            "```",
+            "",
+        ]
     lines += [
         "results.json holds every run's wrk command and output, each server's command line and "
         "environment, the nginx config, and the machine facts.",

@@ -496,5 +496,6 @@ def usage_dict(usage: procs.Usage) -> dict[str, Any]:
         "peak_worker_rss": usage.peak_worker_rss,
         "processes": usage.workers + 1,
         "foreign_cpu_percent": usage.foreign_percent,
+        "peak_worker_threads": usage.peak_worker_threads,
         "samples": usage.samples,
     }

@@ -63,6 +63,7 @@ class CellStats:
     foreign_cpu_percent: Spread
     server_peak_rss: int
     server_peak_worker_rss: int
+    server_peak_worker_threads: int
     nginx_cpu_percent: Spread | None
     wrk_cpu_percent: float
     skipped: str = ""
@@ -129,6 +130,9 @@ def cell_stats(key: str, runs: Sequence[Mapping[str, Any]], wrk_threads: int) ->
         server_peak_rss=max((run["server"]["peak_rss"] for run in measured), default=0),
         server_peak_worker_rss=max(
             (run["server"]["peak_worker_rss"] for run in measured), default=0
+        ),
+        server_peak_worker_threads=max(
+            (run["server"].get("peak_worker_threads", 0) for run in measured), default=0
         ),
         nginx_cpu_percent=Spread.of(nginx_runs) if nginx_runs else None,
         wrk_cpu_percent=max((run.get("wrk_cpu_percent", 0.0) for run in measured), default=0.0),

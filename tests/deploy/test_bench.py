@@ -705,7 +705,7 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
         assert heading in report
     assert "| 1 | Django /async/hello/" in report
     charts = sorted(path.name for path in out.glob("*.png"))
-    assert {"throughput.png", "latency.png", "memory.png", "sse.png"} <= set(charts)
+    assert {"throughput.png", "latency.png", "ceiling.png", "memory.png", "sse.png"} <= set(charts)
     for name in charts:
         width, height = png_size(out / name)
         assert width > 100
