@@ -141,10 +141,6 @@ def targets_section(analysis: Analysis) -> list[str]:
     for target in analysis.targets:
         if target.details:
             lines.append(f"- Target {target.number}: " + "; ".join(target.details))
-    findings = analysis.results.get("findings") or []
-    if findings:
-        lines += ["", "### Why a target is missed", ""]
-        lines += [f"- {finding}" for finding in findings]
     return [*lines, ""]
 
 
