@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -722,8 +723,12 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.serving
-def test_a_failure_stops_every_server_and_keeps_what_was_measured(tmp_path: Path) -> None:
+def test_a_failure_stops_every_server_and_keeps_what_was_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     require_wrk()
+    # A failed run keeps its work directory (server logs) on purpose: keep it in tmp_path.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     out = tmp_path / "bench"
     failing_wrk = tmp_path / "wrk"
     failing_wrk.write_text(
@@ -756,7 +761,8 @@ def test_sigint_stops_the_run_and_every_server(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        # TMPDIR: the interrupted run keeps its work directory; keep it in tmp_path.
+        env={**os.environ, "COLUMNS": "200", "TMPDIR": str(tmp_path)},
     )
     try:
         assert process.stdout is not None
