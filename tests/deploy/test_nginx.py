@@ -632,6 +632,33 @@ def test_asgi_server_sees_nginx_client_address_not_a_forged_one(stack: Stack) ->
     assert access_line(stack.asgi, direct).startswith(f"{expected} ")
 
 
+CLIENT_ADDRESS = re.compile(r'<strong id="client">([^<]*)</strong>')
+
+
+def index_client_address(response: httpx.Response) -> str:
+    """Return the client address Django reported on the index page (REMOTE_ADDR)."""
+    assert response.status_code == 200, response.text
+    (address,) = CLIENT_ADDRESS.findall(response.text)
+    return address
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_django_sees_the_client_address_nginx_saw(stack: Stack, entry: str) -> None:
+    forged = {"X-Forwarded-For": FORGED_CLIENT_IP}
+    response = httpx.get(stack.url(entry, "/"), headers=forged)
+    assert index_client_address(response) == "127.0.0.1"
+
+
+@pytest.mark.serving
+def test_django_takes_a_forged_address_only_when_nginx_is_bypassed(stack: Stack) -> None:
+    """The control for the test above, at the Django level."""
+    forged = {"X-Forwarded-For": FORGED_CLIENT_IP}
+    response = httpx.get(f"{stack.asgi.base_url}/", headers=forged)
+    expected = FORGED_CLIENT_IP if TAKES_FORWARDED_FOR[stack.asgi_mode] else "127.0.0.1"
+    assert index_client_address(response) == expected
+
+
 @pytest.mark.serving
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_request_id_is_nginx_own(stack: Stack, entry: str) -> None:
