@@ -263,8 +263,10 @@ async def async_upload(request: HttpRequest) -> JsonResponse:
     Under ASGI Django has already received the whole body (spooled to a temporary file above
     FILE_UPLOAD_MAX_MEMORY_SIZE) before the view runs, so the limit here refuses the answer,
     not the transfer: nginx's client_max_body_size is what stops a large body early. Reading
-    and hashing stay inline: a local file read and hashlib, no network wait.
+    and hashing run on a worker thread: on the loop, hashing a 64 MiB body would stall every
+    other request of the worker, and hashlib releases the GIL on large buffers, so the thread
+    really runs beside the loop (one of the few CPU jobs where a thread helps).
     """
     limit = params.upload_max_bytes()
     params.declared_length(request.META, limit)
-    return JsonResponse(payloads.digest_body(request.read, limit))
+    return JsonResponse(await asyncio.to_thread(payloads.digest_body, request.read, limit))

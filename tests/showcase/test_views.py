@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 import warnings
+from unittest import mock
 from wsgiref.util import setup_testing_defaults
 
 from asgiref.sync import sync_to_async
@@ -406,6 +408,23 @@ class UploadTests(PairTestCase):
         self.assertEqual(
             response.json(), {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
         )
+
+    async def test_async_upload_hashes_off_the_event_loop(self):
+        loop_thread = threading.get_ident()
+        hashed_on = []
+        digest = payloads.digest_body
+
+        def recording_digest(read, limit):
+            hashed_on.append(threading.get_ident())
+            return digest(read, limit)
+
+        with mock.patch.object(payloads, "digest_body", recording_digest):
+            response = await self.async_client.post(
+                "/async/upload/", b"abc", content_type="application/octet-stream"
+            )
+        self.assertEqual(response.json()["size"], 3)
+        self.assertEqual(len(hashed_on), 1)
+        self.assertNotEqual(hashed_on[0], loop_thread)
 
     async def test_upload_pair_answers_the_same(self):
         body = os.urandom(200_001)
