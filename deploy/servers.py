@@ -40,6 +40,27 @@ HEALTH_PATH = "/healthz"
 BIND_ATTEMPTS = 3
 ADDRESS_IN_USE = "Address already in use"
 
+# Variables a developer's shell may export that would change what a server under test does:
+# the tests, the benchmark and deploy.stack clear them (a None value in `env`) and set what
+# they mean to.
+INHERITED_SETTINGS = (
+    "BIND",
+    "PORT",
+    "WEB_CONCURRENCY",
+    "GUNICORN_CMD_ARGS",
+    "GUNICORN_THREADS",
+    "GUNICORN_CONTROL_SOCKET",
+    "FORWARDED_ALLOW_IPS",
+    "DATABASE_URL",
+    "DJANGO_ENV",
+    "DJANGO_DEBUG",
+    "DJANGO_ALLOWED_HOSTS",
+    "DJANGO_SECRET_KEY",
+    "DJANGO_SETTINGS_MODULE",
+    "DUALSERVE_PROFILE",
+    "SHOWCASE_UPSTREAM_URL",
+)
+
 
 class ServerError(RuntimeError):
     """A server did not start or did not stop; the message carries the end of its output."""

@@ -1,15 +1,19 @@
-"""Helpers shared by the test modules: thread-hop counting and raw ASGI requests."""
+"""Helpers shared by the test modules: thread-hop counting, raw ASGI requests, nginx."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
+import pytest
 from asgiref.sync import AsyncToSync, SyncToAsync
 from asgiref.testing import ApplicationCommunicator
+
+from deploy import nginx
 
 
 @contextlib.contextmanager
@@ -79,3 +83,13 @@ async def asgi_request(
     # Let Django's handler finish (response.close, request_finished) before the next request.
     await communicator.wait(5)
     return start["status"], headers, chunks
+
+
+def require_nginx() -> str:
+    """Return the nginx binary; without one, fail under CI=true and skip elsewhere."""
+    binary = nginx.nginx_binary(os.environ)
+    if binary is None:
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"CI=true and {nginx.INSTALL_HINT}")
+        pytest.skip(nginx.INSTALL_HINT)
+    return binary

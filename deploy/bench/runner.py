@@ -29,24 +29,6 @@ from deploy.bench.infra import start_nginx, start_upstream
 from deploy.bench.plan import SSE_GRACE_S, Cell, Group, Plan, SseGroup, warmups
 from deploy.bench.scenarios import Scenario
 
-# Variables of the caller's shell that would change what the servers under test do.
-INHERITED_SETTINGS = (
-    "BIND",
-    "PORT",
-    "WEB_CONCURRENCY",
-    "GUNICORN_CMD_ARGS",
-    "GUNICORN_THREADS",
-    "GUNICORN_CONTROL_SOCKET",
-    "FORWARDED_ALLOW_IPS",
-    "DATABASE_URL",
-    "DJANGO_ENV",
-    "DJANGO_DEBUG",
-    "DJANGO_ALLOWED_HOSTS",
-    "DJANGO_SECRET_KEY",
-    "DJANGO_SETTINGS_MODULE",
-    "DUALSERVE_PROFILE",
-    "SHOWCASE_UPSTREAM_URL",
-)
 PROBE_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 30.0
 # After an overload (sync workers at 500 connections) the server still works through the
@@ -78,7 +60,7 @@ def raise_open_files_limit() -> int:
 
 def server_env(var_dir: Path) -> dict[str, str | None]:
     """Return the environment every Django server runs with: production, on a private DB."""
-    env: dict[str, str | None] = dict.fromkeys(INHERITED_SETTINGS)
+    env: dict[str, str | None] = dict.fromkeys(servers.INHERITED_SETTINGS)
     env.update(
         {
             # Production settings, as deployed, except the HTTPS redirect: the load is plain

@@ -14,6 +14,7 @@ from gunicorn.workers.base import Worker
 from deploy import nginx
 from deploy.gunicorn import common
 from deploy.servers import (
+    INHERITED_SETTINGS,
     MODES,
     REPO_ROOT,
     gunicorn_executable,
@@ -24,19 +25,7 @@ from deploy.servers import (
 )
 
 # A developer's shell may export these; each test states the ones it means.
-CLEARED = dict.fromkeys(
-    (
-        "BIND",
-        "PORT",
-        "WEB_CONCURRENCY",
-        "GUNICORN_CMD_ARGS",
-        "GUNICORN_THREADS",
-        "GUNICORN_CONTROL_SOCKET",
-        "FORWARDED_ALLOW_IPS",
-        "DATABASE_URL",
-        "DJANGO_ENV",
-    )
-)
+CLEARED = dict.fromkeys(INHERITED_SETTINGS)
 DEFAULT_PORTS = {"wsgi": 8001, "asgi": 8002}
 
 

@@ -3,7 +3,6 @@ routes, streams, serves static files and overwrites the forwarded headers."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.server
 import json
@@ -24,27 +23,20 @@ import httpx
 import pytest
 
 from deploy import nginx, servers
+from deploy.stack import (
+    ENTRIES,
+    ENTRY_PORT_NAMES,
+    Stack,
+    prepare_var_dir,
+    start_nginx,
+    start_stack,
+)
+from tests.support import require_nginx
 
-ENTRIES = ("hybrid", "wsgi", "asgi")
-ENTRY_PORT_NAMES = {
-    "hybrid": "NGINX_HYBRID_PORT",
-    "wsgi": "NGINX_WSGI_PORT",
-    "asgi": "NGINX_ASGI_PORT",
-}
 # Every serving mode runs behind nginx in one of the two stacks.
 MODE_PAIRS = [("wsgi_gthread", "asgi_uvicorn"), ("wsgi_sync", "asgi_gunicorn")]
 FORGED_CLIENT_IP = "203.0.113.9"
 NGINX_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def require_nginx() -> str:
-    """Return the nginx binary; without one, fail under CI=true and skip elsewhere."""
-    binary = nginx.nginx_binary(os.environ)
-    if binary is None:
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"CI=true and {nginx.INSTALL_HINT}")
-        pytest.skip(nginx.INSTALL_HINT)
-    return binary
 
 
 def write_config(directory: Path, target: nginx.Target, env: dict[str, str]) -> Path:
@@ -53,27 +45,6 @@ def write_config(directory: Path, target: nginx.Target, env: dict[str, str]) -> 
     config = directory / "nginx.conf"
     config.write_text(nginx.render(target, env), encoding="utf-8")
     return config
-
-
-def start_nginx(binary: str, config: Path, port: int) -> servers.Server:
-    """Run nginx in the foreground on `config`; return once `port` answers /healthz."""
-    argv = nginx.nginx_command(binary, config, "-g", "daemon off;")
-    log_path = config.parent / "nginx.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = servers.Server(argv, process, port, log_path)
-    try:
-        server.wait_healthy(timeout=30)
-    except BaseException:
-        server.stop(timeout=5)
-        raise
-    return server
 
 
 def nginx_ports() -> dict[str, str]:
@@ -335,77 +306,27 @@ def test_chunked_body_reaches_upstream_whole_with_a_content_length(echo_proxy: E
 # --- Real servers behind nginx --------------------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    """A WSGI and an ASGI server, nginx in front of both, and the static files nginx serves."""
-
-    wsgi_mode: str
-    asgi_mode: str
-    wsgi: servers.Server
-    asgi: servers.Server
-    ports: dict[str, int]
-    static_root: Path
-
-    def url(self, entry: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.ports[entry]}{path}"
-
-
 @pytest.fixture(scope="module")
 def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Return a state directory with a migrated database and collected static files."""
-    directory = tmp_path_factory.mktemp("var")
-    env = {**os.environ, "DJANGO_VAR_DIR": str(directory)}
-    env.pop("DJANGO_STATIC_ROOT", None)
-    for step in (["migrate", "--noinput"], ["collectstatic", "--noinput", "--verbosity", "0"]):
-        done = subprocess.run(
-            [sys.executable, "manage.py", *step],
-            cwd=servers.REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-    return directory
+    return prepare_var_dir(tmp_path_factory.mktemp("var"))
 
 
 @pytest.fixture(scope="module", params=MODE_PAIRS, ids="+".join)
 def stack(
     request: pytest.FixtureRequest, var_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    binary = require_nginx()
+    require_nginx()
     wsgi_mode, asgi_mode = request.param
-    directory = tmp_path_factory.mktemp("stack")
-    server_env = {"DJANGO_VAR_DIR": str(var_dir), "DJANGO_STATIC_ROOT": None}
-    with contextlib.ExitStack() as cleanup:
-        wsgi = servers.start_mode(wsgi_mode, env=server_env, workdir=directory / "wsgi")
-        cleanup.callback(wsgi.stop)
-        asgi = servers.start_mode(asgi_mode, env=server_env, workdir=directory / "asgi")
-        cleanup.callback(asgi.stop)
-        ports = nginx_ports()
-        config = write_config(
-            directory / "nginx",
-            "local",
-            {
-                **ports,
-                "WSGI_UPSTREAM": f"127.0.0.1:{wsgi.port}",
-                "ASGI_UPSTREAM": f"127.0.0.1:{asgi.port}",
-                "DJANGO_VAR_DIR": str(var_dir),
-                "NGINX_RUN_DIR": str(directory / "nginx"),
-                # Short, so the slow-client test ends quickly.
-                "NGINX_CLIENT_HEADER_TIMEOUT": "2s",
-            },
-        )
-        proxy = start_nginx(binary, config, int(ports["NGINX_HYBRID_PORT"]))
-        cleanup.callback(proxy.stop, 10)
-        yield Stack(
-            wsgi_mode,
-            asgi_mode,
-            wsgi,
-            asgi,
-            {entry: int(ports[name]) for entry, name in ENTRY_PORT_NAMES.items()},
-            var_dir / "static",
-        )
+    with start_stack(
+        wsgi_mode,
+        asgi_mode,
+        var_dir,
+        tmp_path_factory.mktemp("stack"),
+        # Short, so the slow-client test ends quickly.
+        nginx_env={"NGINX_CLIENT_HEADER_TIMEOUT": "2s"},
+    ) as running:
+        yield running
 
 
 @pytest.mark.serving

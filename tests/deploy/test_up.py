@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from deploy import servers, up
-from tests.deploy.test_nginx import require_nginx
+from tests.support import require_nginx
 
 PORT_NAMES = (
     "NGINX_HYBRID_PORT",

@@ -11,6 +11,7 @@ import pytest
 
 from apps.showcase.upstream import start_in_thread
 from deploy.servers import (
+    INHERITED_SETTINGS,
     MODES,
     REPO_ROOT,
     Server,
@@ -18,21 +19,6 @@ from deploy.servers import (
     merged_environment,
     start,
     start_mode,
-)
-
-# Variables a developer's shell may export that would change what the servers under test do.
-INHERITED_SETTINGS = (
-    "BIND",
-    "PORT",
-    "WEB_CONCURRENCY",
-    "GUNICORN_CMD_ARGS",
-    "GUNICORN_THREADS",
-    "GUNICORN_CONTROL_SOCKET",
-    "FORWARDED_ALLOW_IPS",
-    "DATABASE_URL",
-    "DJANGO_ENV",
-    "DJANGO_DEBUG",
-    "DJANGO_ALLOWED_HOSTS",
 )
 
 Env = dict[str, str | None]
