@@ -119,6 +119,12 @@ MIDDLEWARE = [
     # First: probes answer before host validation and the HTTPS redirect.
     "apps.core.middleware.HealthCheckMiddleware",
     "apps.core.middleware.RequestContextMiddleware",
+    # The response-header middlewares sit above the ones that answer errors themselves (a bad
+    # Host is a 400 from CommonMiddleware), so those answers carry the headers too. Django's
+    # handler turns an exception into a response at the middleware that raised it: the
+    # middlewares above it still see that response, the one that raised does not.
+    "apps.core.csp.ContentSecurityPolicyMiddleware",
+    "apps.core.native.XFrameOptionsMiddleware",
     "apps.core.native.SecurityMiddleware",
     # Static files short-circuit before sessions, CSRF and auth (whitenoise's advice).
     "apps.core.static.StaticFilesMiddleware",
@@ -127,7 +133,6 @@ MIDDLEWARE = [
     "apps.core.native.CsrfViewMiddleware",
     "apps.core.native.AuthenticationMiddleware",
     "apps.core.native.MessageMiddleware",
-    "apps.core.native.XFrameOptionsMiddleware",
 ]
 if STACK_PROFILE == "stock":
     MIDDLEWARE = [
@@ -164,6 +169,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # {{ csp_nonce }} (Django 6.0: django.template.context_processors.csp).
+                "apps.core.csp.context_processor",
             ],
         },
     },
@@ -259,6 +266,20 @@ SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", PRODUCTION)
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy, in Django 6.0's setting names and shape (apps.core.csp). The
+# template's pages load only their own CSS and scripts: no inline code, so no 'unsafe-inline'.
+# A page that needs inline code gets a nonce: add apps.core.csp.CSP.NONCE to script-src or
+# style-src and write <script nonce="{{ csp_nonce }}">. Plain strings here keep this module free
+# of app imports ("'self'" is CSP.SELF).
+SECURE_CSP: dict[str, list[str] | str | bool] = {
+    "default-src": ["'self'"],
+    "base-uri": ["'self'"],
+    "object-src": ["'none'"],
+    "form-action": ["'self'"],
+    # X_FRAME_OPTIONS = "DENY", for browsers that read CSP.
+    "frame-ancestors": ["'none'"],
+}
+SECURE_CSP_REPORT_ONLY: dict[str, list[str] | str | bool] = {}
 
 # --- Showcase ----------------------------------------------------------------------------------
 
