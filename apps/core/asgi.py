@@ -1,31 +1,49 @@
-"""ASGI glue around Django's handler: the lifespan protocol, and reused request threads.
+"""ASGI glue around Django's handler: the lifespan protocol, and cheap request threads.
 
-Django's `ASGIHandler` wraps every request in a fresh `ThreadSensitiveContext`. Its first
-thread-sensitive `sync_to_async` (the request_started receivers, then `response.close()`)
-therefore starts a NEW one-thread executor, and the context's exit joins that thread: every
-request pays for creating and joining a thread even when it never touches the database
-(FIELD_NOTES, "Django under ASGI"). `PooledThreadASGIHandler` hands each request a one-thread
-executor from a small pool instead (asgiref 3.13's `ThreadSensitiveContext(executor=...)`):
+Django's `ASGIHandler` costs every request two thread hops even when the request runs no
+sync code at all (FIELD_NOTES, "Django under ASGI"): the `request_started` receivers and, at
+the end, `response.close()` (which sends `request_finished`) each go through a thread-sensitive
+`sync_to_async`, and the request's fresh `ThreadSensitiveContext` starts a NEW thread for the
+first of them and joins it at the end. `PooledThreadASGIHandler` removes both costs:
 
-- still one thread per request, so all sync code of a request runs on one thread as Django
-  requires (database connections are per thread);
-- the request signals still run there, so `close_old_connections` still closes or
-  health-checks that thread's connections at request start and end;
-- disconnects are handled by Django's own `handle()`, unchanged.
+- Threads are pooled. Each request gets a one-thread executor from a small pool (asgiref
+  3.13's `ThreadSensitiveContext(executor=...)`): still one thread per request, so all sync
+  code of a request runs on one thread, as Django requires (connections are per thread).
+- The hops are deferred, not dropped. When the only receivers connected are Django's own
+  thread-local housekeeping (`close_old_connections`, `reset_queries`, `reset_urlconf`,
+  `close_caches`), the `request_started` receivers run on the request's thread just before
+  the first sync job the request sends there (a sync middleware, the ORM, a sync view), and
+  the response is closed on that thread only if the request used it. A request that never
+  leaves the event loop touched no connection of that thread, so there is nothing to check
+  or close there: both calls would have been no-ops. Any other receiver (a project's own, a
+  test's) brings Django's eager hops back, unchanged.
+- Disconnects are handled as Django does: the response task is cancelled, and
+  `request_finished` is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import itertools
 from collections.abc import Awaitable, Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import django
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.cache import close_caches
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import reset_urlconf
+from django.db import close_old_connections, reset_queries
+from django.dispatch import Signal
+from django.http import HttpRequest, HttpResponseBase
+from django.urls import set_script_prefix
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,6 +51,63 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 # Loose on purpose: Django's handler annotates scope as dict and messages as Mapping.
 ASGIApp = Callable[..., Awaitable[None]]
+T = TypeVar("T")
+
+# Django's own receivers of the request signals. Each acts only on the calling thread's (or
+# context's) database connections, query log, urlconf or cache connections, so on a thread
+# the request never used they have nothing to do.
+THREAD_LOCAL_RECEIVERS = frozenset(
+    {close_old_connections, reset_queries, reset_urlconf, close_caches}
+)
+
+
+def only_thread_local_receivers(signal: Signal, sender: type) -> bool:
+    """Return whether every receiver `signal` would call for `sender` is Django's housekeeping."""
+    # Private, but the one place Django resolves weak references and sender filters.
+    sync_receivers, async_receivers = signal._live_receivers(sender)
+    return not async_receivers and all(r in THREAD_LOCAL_RECEIVERS for r in sync_receivers)
+
+
+def only_closes_requests(response: HttpResponseBase) -> bool:
+    """Return whether closing `response` closes nothing but requests.
+
+    Django's handler registers `request.close` on every response; it closes the body and the
+    uploaded files (their temporary files), which is quick and never touches the database.
+    """
+    closers = response._resource_closers  # type: ignore[attr-defined]
+    return all(isinstance(getattr(closer, "__self__", None), HttpRequest) for closer in closers)
+
+
+def run_after(first: Callable[[], object], then: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call `first()`, then return `then(*args, **kwargs)`: two calls as one executor job."""
+    first()
+    return then(*args, **kwargs)
+
+
+class RequestExecutor(ThreadPoolExecutor):
+    """A one-thread executor that records whether the current request used it.
+
+    `begin()` arms it for a request, optionally with a deferred start-up call (the
+    request_started receivers) that runs on the thread right before the request's first job.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=name)
+        self.used = False
+        self._prologue: Callable[[], object] | None = None
+
+    def begin(self, prologue: Callable[[], object] | None = None) -> None:
+        """Start a request: not used yet, with `prologue` to run before its first job."""
+        self.used = False
+        self._prologue = prologue
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        self.used = True
+        prologue, self._prologue = self._prologue, None
+        if prologue is None:
+            return super().submit(fn, *args, **kwargs)
+        # One job, not two: nothing else of this request can run on the thread in between.
+        return super().submit(run_after, prologue, fn, *args, **kwargs)
 
 
 class ExecutorPool:
@@ -45,20 +120,20 @@ class ExecutorPool:
 
     def __init__(self, max_idle: int) -> None:
         self.max_idle = max_idle
-        self._idle: list[ThreadPoolExecutor] = []
+        self._idle: list[RequestExecutor] = []
         self._numbers = itertools.count(1)
 
-    def acquire(self) -> ThreadPoolExecutor:
+    def acquire(self) -> RequestExecutor:
         """Return an idle executor, or a new one (its thread starts on first use)."""
         try:
             return self._idle.pop()
         except IndexError:
             # A distinct name per thread, so logs and debuggers can tell them apart.
-            name = f"django-request-{next(self._numbers)}"
-            return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+            return RequestExecutor(f"django-request-{next(self._numbers)}")
 
-    def release(self, executor: ThreadPoolExecutor) -> None:
+    def release(self, executor: RequestExecutor) -> None:
         """Keep `executor` for a later request, or shut it down when enough are idle."""
+        executor.begin()  # drop an unused deferred prologue: it belonged to that request
         if len(self._idle) < self.max_idle:
             self._idle.append(executor)
         else:
@@ -70,7 +145,7 @@ class ExecutorPool:
 
 
 class PooledThreadASGIHandler(ASGIHandler):
-    """Django's ASGI handler, with each request's thread-sensitive executor taken from a pool."""
+    """Django's ASGI handler on pooled request threads, with no hop a request does not need."""
 
     @cached_property
     def executors(self) -> ExecutorPool:
@@ -86,12 +161,92 @@ class PooledThreadASGIHandler(ASGIHandler):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)  # Django's own refusal
             return
+        # Not through Django's __call__: it would open a ThreadSensitiveContext of its own.
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one HTTP request: read the body, run Django on a pooled thread, clean up."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return  # the client left before the body was complete: nothing to answer
         executor = self.executors.acquire()
         try:
             async with ThreadSensitiveContext(executor=executor):
-                await self.handle(scope, receive, send)
+                await self.serve_request(scope, receive, send, body_file, executor)
         finally:
+            body_file.close()
             self.executors.release(executor)
+
+    async def serve_request(
+        self, scope: Any, receive: Any, send: Any, body_file: IO[bytes], executor: RequestExecutor
+    ) -> None:
+        """Send request_started, answer the request unless the client leaves, then close."""
+        set_script_prefix(get_script_prefix(scope))
+        sender = self.__class__
+        if only_thread_local_receivers(signals.request_started, sender):
+            executor.begin(functools.partial(signals.request_started.send, sender, scope=scope))
+        else:
+            executor.begin()
+            await signals.request_started.asend(sender=sender, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            assert error_response is not None  # create_request returns one or the other
+            await self.send_response(error_response, send)
+            await self.close_response(error_response, executor)
+            return
+        # The listener comes first: whatever it raises, the response task is still ended.
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(self.answer(request, send)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # A view that is still running when the client leaves is cancelled, and so are
+            # both tasks if this request itself is cancelled; either way none outlives the
+            # ThreadSensitiveContext (asgiref refuses calls from tasks that do).
+            for task in tasks:
+                task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in outcomes:
+            # RequestAborted: the client left; CancelledError: the task stopped above.
+            if isinstance(outcome, BaseException) and not isinstance(
+                outcome, (RequestAborted, asyncio.CancelledError)
+            ):
+                raise outcome  # an invalid ASGI message, or a failure while sending
+        response = outcomes[1]
+        if isinstance(response, HttpResponseBase):
+            await self.close_response(response, executor)
+        elif only_thread_local_receivers(signals.request_finished, sender) and not executor.used:
+            signals.request_finished.send(sender=sender)
+        else:
+            await signals.request_finished.asend(sender=sender)
+
+    async def answer(self, request: Any, send: Any) -> HttpResponseBase:
+        """Run the view and send its response; return the response to close."""
+        response = await self.run_get_response(request)
+        # The client left while the response was being sent: close it all the same.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.send_response(response, send)
+        return response
+
+    async def close_response(self, response: HttpResponseBase, executor: RequestExecutor) -> None:
+        """Close `response` (which sends request_finished), on the request's thread if needed.
+
+        Inline on the loop only when nothing could need the thread: the request never used
+        it, the response holds nothing to close but the request (a file, or a sync iterator
+        whose `finally` may use the ORM, would need the thread) and request_finished reaches
+        only Django's own receivers.
+        """
+        if (
+            executor.used
+            or not only_closes_requests(response)
+            or not only_thread_local_receivers(signals.request_finished, self.__class__)
+        ):
+            await sync_to_async(response.close)()
+        else:
+            response.close()
 
 
 class LifespanApp:

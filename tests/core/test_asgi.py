@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+from typing import Any, ClassVar
+from unittest import mock
 
 from asgiref.testing import ApplicationCommunicator
 from django.core.signals import request_finished, request_started
-from django.test import SimpleTestCase, override_settings
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.test import SimpleTestCase, TransactionTestCase, override_settings
 from uvicorn.config import Config
 from uvicorn.lifespan.on import LifespanOn
 
-from apps.core.asgi import PooledThreadASGIHandler
-from tests.support import asgi_request
+from apps.core.asgi import (
+    ExecutorPool,
+    PooledThreadASGIHandler,
+    RequestExecutor,
+    only_thread_local_receivers,
+)
+from tests.core import views
+from tests.support import asgi_request, count_thread_hops, http_scope
 
 
 class LifespanTests(SimpleTestCase):
@@ -124,3 +134,176 @@ class PooledThreadHandlerTests(SimpleTestCase):
         )
         with self.assertRaisesMessage(ValueError, "Django can only handle ASGI/HTTP"):
             await communicator.wait(2)
+
+
+def record_connection_checks() -> tuple[list[str], Any]:
+    """Patch the per-connection check close_old_connections makes; return (threads, patcher).
+
+    The receiver itself cannot be replaced: the handler recognises Django's own by identity.
+    """
+    threads: list[str] = []
+    original = BaseDatabaseWrapper.close_if_unusable_or_obsolete
+
+    def recorded(self: BaseDatabaseWrapper) -> None:
+        threads.append(threading.current_thread().name)
+        original(self)
+
+    return threads, mock.patch.object(
+        BaseDatabaseWrapper, "close_if_unusable_or_obsolete", recorded
+    )
+
+
+@override_settings(ROOT_URLCONF="tests.core.urls")
+class DeferredRequestSignalTests(TransactionTestCase):
+    """The two hops Django's handler makes per request, deferred to where they matter."""
+
+    databases: ClassVar[set[str]] = {"default"}
+
+    async def test_a_request_that_stays_on_the_loop_makes_no_hop(self) -> None:
+        from project.asgi import application
+
+        await asgi_request(application, "/async/ok/")
+        with count_thread_hops() as counts:
+            status, _, _ = await asgi_request(application, "/async/ok/")
+        self.assertEqual(status, 200)
+        self.assertEqual(counts["sync_to_async"], 0)
+
+    async def test_djangos_handler_makes_two_for_the_same_request(self) -> None:
+        # The control: the hops the test above shows removed.
+        from django.core.handlers.asgi import ASGIHandler
+
+        handler = ASGIHandler()
+        await asgi_request(handler, "/async/ok/")
+        with count_thread_hops() as counts:
+            await asgi_request(handler, "/async/ok/")
+        self.assertEqual(counts["sync_to_async"], 2)
+
+    async def test_the_request_thread_is_checked_before_its_first_query_and_at_the_end(
+        self,
+    ) -> None:
+        handler = PooledThreadASGIHandler()
+        # The first request opens the thread's connection (nothing to check before it).
+        status, _, chunks = await asgi_request(handler, "/async/count/")
+        self.assertEqual(status, 200)
+        thread = json.loads(b"".join(chunks))["thread"]
+        self.assertTrue(thread.startswith("django-request-"), thread)
+        checks, patcher = record_connection_checks()
+        with patcher:
+            status, _, chunks = await asgi_request(handler, "/async/count/")
+        self.assertEqual(json.loads(b"".join(chunks))["thread"], thread)  # the pooled thread
+        # request_started's check ran there before the query, request_finished's after it.
+        self.assertEqual(checks, [thread, thread])
+
+    async def test_a_request_that_never_uses_its_thread_checks_nothing(self) -> None:
+        handler = PooledThreadASGIHandler()
+        await asgi_request(handler, "/async/count/")  # the thread now holds a connection
+        checks, patcher = record_connection_checks()
+        with patcher:
+            status, _, _ = await asgi_request(handler, "/async/ok/")
+        self.assertEqual(status, 200)
+        self.assertEqual(checks, [])
+        # ...and the next request that uses the thread checks it first.
+        with patcher:
+            await asgi_request(handler, "/async/count/")
+        self.assertEqual(len(checks), 2)
+
+    async def test_a_receiver_of_the_project_brings_djangos_hops_back(self) -> None:
+        handler = PooledThreadASGIHandler()
+        seen: list[tuple[str, str]] = []
+
+        def started(**kwargs: object) -> None:
+            seen.append(("started", threading.current_thread().name))
+
+        def finished(**kwargs: object) -> None:
+            seen.append(("finished", threading.current_thread().name))
+
+        request_started.connect(started)
+        request_finished.connect(finished)
+        try:
+            with count_thread_hops() as counts:
+                await asgi_request(handler, "/async/ok/")
+        finally:
+            request_started.disconnect(started)
+            request_finished.disconnect(finished)
+        self.assertEqual(counts["sync_to_async"], 2)
+        self.assertEqual([name for name, _ in seen], ["started", "finished"])
+        # Both on the request's thread, as Django's thread-sensitive hops put them.
+        self.assertEqual(len({thread for _, thread in seen}), 1)
+        self.assertTrue(seen[0][1].startswith("django-request-"), seen)
+
+    async def test_a_response_with_a_resource_is_closed_on_the_request_thread(self) -> None:
+        views.CLOSED_ON.clear()
+        handler = PooledThreadASGIHandler()
+        status, _, _ = await asgi_request(handler, "/async/closing/")
+        self.assertEqual(status, 200)
+        self.assertEqual(len(views.CLOSED_ON), 1)
+        self.assertTrue(views.CLOSED_ON[0].startswith("django-request-"), views.CLOSED_ON)
+
+    async def test_a_disconnect_cancels_the_view_and_finishes_the_request(self) -> None:
+        views.WAIT_EVENTS.clear()
+        handler = PooledThreadASGIHandler()
+        finished: list[str] = []
+
+        def on_finished(**kwargs: object) -> None:
+            finished.append(threading.current_thread().name)
+
+        request_finished.connect(on_finished)
+        try:
+            communicator = ApplicationCommunicator(handler, http_scope("/async/wait/"))
+            await communicator.send_input({"type": "http.request", "body": b""})
+            for _ in range(100):  # until the view runs (bounded: 5 s)
+                if views.WAIT_EVENTS:
+                    break
+                await asyncio.sleep(0.05)
+            await communicator.send_input({"type": "http.disconnect"})
+            await communicator.wait(5)
+        finally:
+            request_finished.disconnect(on_finished)
+        self.assertEqual(views.WAIT_EVENTS, ["started", "cancelled"])
+        self.assertEqual(len(finished), 1)
+        self.assertTrue(await communicator.receive_nothing())
+
+
+class RequestExecutorTests(SimpleTestCase):
+    def test_the_prologue_runs_once_on_the_thread_before_the_first_job(self) -> None:
+        executor = RequestExecutor("test-request")
+        calls: list[tuple[str, str]] = []
+        try:
+            executor.begin(lambda: calls.append(("prologue", threading.current_thread().name)))
+            self.assertFalse(executor.used)
+            for job in ("first", "second"):
+                executor.submit(
+                    lambda job=job: calls.append((job, threading.current_thread().name))
+                ).result(5)
+        finally:
+            executor.shutdown(wait=True)
+        self.assertTrue(executor.used)
+        self.assertEqual([name for name, _ in calls], ["prologue", "first", "second"])
+        self.assertEqual(len({thread for _, thread in calls}), 1)
+
+    def test_a_released_executor_forgets_the_prologue_of_its_last_request(self) -> None:
+        pool = ExecutorPool(max_idle=1)
+        executor = pool.acquire()
+        calls: list[str] = []
+        try:
+            executor.begin(lambda: calls.append("stale"))
+            pool.release(executor)
+            again = pool.acquire()
+            self.assertIs(again, executor)
+            self.assertFalse(again.used)
+            again.submit(calls.append, "job").result(5)
+        finally:
+            executor.shutdown(wait=True)
+        self.assertEqual(calls, ["job"])
+
+    def test_only_djangos_housekeeping_receivers_are_deferred(self) -> None:
+        self.assertTrue(only_thread_local_receivers(request_started, PooledThreadASGIHandler))
+
+        def receiver(**kwargs: object) -> None:
+            pass
+
+        request_started.connect(receiver)
+        try:
+            self.assertFalse(only_thread_local_receivers(request_started, PooledThreadASGIHandler))
+        finally:
+            request_started.disconnect(receiver)

@@ -44,13 +44,18 @@ async def hops_of_one_request(application: object, path: str = "/async/ok/") -> 
 @override_settings(ROOT_URLCONF="tests.core.urls")
 class ThreadHopTests(SimpleTestCase):
     async def test_shipped_stack_costs_no_more_hops_than_empty_middleware(self) -> None:
-        from project.asgi import application
-
+        # On Django's own handler, so the middleware's share is measured alone.
         floor = await hops_of_one_request(asgi_handler([]))
-        shipped = await hops_of_one_request(application)
-        # The floor is Django's own: the request_started receivers and response.close().
+        shipped = await hops_of_one_request(asgi_handler(settings.MIDDLEWARE))
+        # The floor is Django's handler's: the request_started receivers and response.close().
         self.assertGreater(floor, 0)
         self.assertEqual(shipped, floor)
+
+    async def test_the_project_application_makes_no_hop_at_all(self) -> None:
+        # The pooled handler defers the floor's two hops (tests/core/test_asgi.py).
+        from project.asgi import application
+
+        self.assertEqual(await hops_of_one_request(application), 0)
 
     async def test_shipped_stack_really_runs_on_that_request(self) -> None:
         from project.asgi import application

@@ -16,4 +16,7 @@ urlpatterns = [
     path("async/log/", views.async_log),
     path("sync/thread/", views.sync_thread),
     path("async/protected/", views.async_protected),
+    path("async/count/", views.async_count),
+    path("async/wait/", views.async_wait),
+    path("async/closing/", views.async_closing),
 ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils.decorators import decorator_from_middleware
 
 from apps.core.logging import request_id_var
@@ -78,3 +79,51 @@ def sync_thread(request: HttpRequest) -> HttpResponse:
 async def async_protected(request: HttpRequest) -> HttpResponse:
     """An async view behind a decorator built from the native CSRF middleware."""
     return HttpResponse("protected")
+
+
+async def async_count(request: HttpRequest) -> HttpResponse:
+    """Count the items with the async ORM; name the thread the query ran on."""
+    from asgiref.sync import sync_to_async
+
+    from apps.showcase.models import Item
+
+    count = await Item.objects.acount()
+    thread = await sync_to_async(lambda: threading.current_thread().name)()
+    return JsonResponse({"count": count, "thread": thread})
+
+
+# What async_wait saw, for the disconnect test: "cancelled" once the handler cancels it.
+WAIT_EVENTS: list[str] = []
+
+
+async def async_wait(request: HttpRequest) -> HttpResponse:
+    """Wait (up to 30 s) for the client to leave; record that the handler cancelled the view."""
+    import asyncio
+
+    WAIT_EVENTS.append("started")
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        WAIT_EVENTS.append("cancelled")
+        raise
+    return HttpResponse("the client stayed")
+
+
+async def async_closing(request: HttpRequest) -> StreamingHttpResponse:
+    """Stream content that has a close() of its own, naming the thread it runs on.
+
+    Django registers such a close() on the response; with an async iterator nothing else
+    of the request needs the request's thread.
+    """
+
+    class Content:
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"content"
+
+        def close(self) -> None:
+            CLOSED_ON.append(threading.current_thread().name)
+
+    return StreamingHttpResponse(Content())
+
+
+CLOSED_ON: list[str] = []
