@@ -7,6 +7,7 @@ GUNICORN_CONTROL_SOCKET), GUNICORN_CMD_ARGS (beats this file), the command line 
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -102,8 +103,19 @@ control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip
 
 
 def post_worker_init(worker: Any) -> None:
-    """Log that a worker has loaded the app and starts serving: boot time made visible."""
-    worker.log.info("Worker ready (pid: %s)", worker.pid)
+    """Freeze what start-up allocated out of the garbage collector's reach; log the boot.
+
+    Django, its apps and the URLconf leave a few hundred thousand long-lived objects, and
+    every full collection walks all of them while the worker serves nothing: under ASGI that
+    pause delays every open request and event stream at once. gc.freeze() (Python 3.7+)
+    moves them to a permanent generation that collections skip; requests still get their
+    garbage collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+    worker.log.info(
+        "Worker ready (pid: %s) with %d objects frozen", worker.pid, gc.get_freeze_count()
+    )
 
 
 def when_ready(server: Any) -> None:
