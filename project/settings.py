@@ -249,9 +249,19 @@ WHITENOISE_MANIFEST_STRICT = False
 
 # --- Proxy and security ------------------------------------------------------------------------
 
-# nginx overwrites X-Forwarded-Proto on every request (nginx/), and gunicorn's
-# forwarded_allow_ips trusts it only from the proxy, so the header cannot be forged.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Which requests are HTTPS: the server decides, not Django. nginx overwrites X-Forwarded-Proto
+# on every request (nginx/), and gunicorn (every mode, forwarded_allow_ips) and uvicorn set the
+# request's scheme from it only when the peer is a trusted proxy. Django's
+# SECURE_PROXY_SSL_HEADER would read the raw header from ANY peer that reaches the server port:
+# measured in all four modes, a client on 127.0.0.2 (outside forwarded_allow_ips) sending
+# X-Forwarded-Proto: https got HSTS and request.is_secure() with it, and plain http without it
+# (tests/reliability/test_hardening.py). Set DJANGO_TRUST_X_FORWARDED_PROTO=true only for a
+# server that does not set the scheme itself, reachable by the proxy alone.
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https")
+    if env_bool("DJANGO_TRUST_X_FORWARDED_PROTO", False)
+    else None
+)
 USE_X_FORWARDED_HOST = env_bool("DJANGO_USE_X_FORWARDED_HOST", False)
 
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)

@@ -29,6 +29,7 @@ print(json.dumps({
     "ALLOWED_HOSTS": settings.ALLOWED_HOSTS,
     "SECURE_SSL_REDIRECT": settings.SECURE_SSL_REDIRECT,
     "MIDDLEWARE": settings.MIDDLEWARE,
+    "SECURE_PROXY_SSL_HEADER": settings.SECURE_PROXY_SSL_HEADER,
 }))
 """
 
@@ -155,11 +156,21 @@ class SettingsProcessTests(SimpleTestCase):
         self.assertIs(loaded["SECURE_SSL_REDIRECT"], True)
         self.assertEqual(loaded["ALLOWED_HOSTS"], ["example.com"])
 
+    def test_the_server_decides_https_unless_told_to_trust_the_header(self) -> None:
+        # gunicorn and uvicorn set the scheme from trusted proxies only; the raw header would
+        # be believed from any peer (tests/reliability/test_hardening.py).
+        self.assertIsNone(self.settings_with(**production_env())["SECURE_PROXY_SSL_HEADER"])
+        trusting = self.settings_with(**production_env(DJANGO_TRUST_X_FORWARDED_PROTO="true"))
+        self.assertEqual(trusting["SECURE_PROXY_SSL_HEADER"], ["HTTP_X_FORWARDED_PROTO", "https"])
+
     def test_check_deploy_passes_with_production_settings(self) -> None:
         result = self.run_python(
             ["manage.py", "check", "--deploy", "--fail-level", "WARNING"], production_env()
         )
         self.assertEqual(result.returncode, 0, result.stderr)
+        # Not even an INFO line: the only silenced IDs are Django's security.W001-W003, which
+        # apps.core.checks raises again as dualserve.W011-W013 when they apply.
+        self.assertIn("System check identified no issues (3 silenced).", result.stdout)
 
     def test_check_deploy_still_sees_hsts_behind_the_native_middleware(self) -> None:
         result = self.run_python(
