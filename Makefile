@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 VENV := .venv
 RUN := $(VENV)/bin
 
-.PHONY: help install test test-fast lint django-tests up migrate static clean bench
+.PHONY: help install test test-fast lint audit django-tests up migrate static clean bench
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,6 +22,20 @@ test: install  ## Run the whole suite: pytest, then Django's own runner on the a
 
 test-fast: install  ## The suite without the slow, process-heavy tests.
 	$(RUN)/pytest -m "not slow"
+
+# pypi (PyPI's JSON API) or osv (osv.dev); AUDIT_ARGS passes more options (--osv-url URL, ...).
+AUDIT_SERVICE ?= pypi
+AUDIT_ARGS ?=
+
+audit: install  ## Check every locked dependency for known vulnerabilities (pip-audit on uv.lock).
+	@# The lock, not the venv: the audit sees exactly what `uv sync --locked` and the image install.
+	@# --strict fails on a package the service could not check (pip-audit passes it otherwise).
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(UV) export --frozen --all-extras --all-groups --no-emit-project --quiet \
+		--format requirements-txt --output-file "$$tmp/requirements.txt" && \
+	$(RUN)/pip-audit --strict --require-hashes --disable-pip --progress-spinner off \
+		--vulnerability-service $(AUDIT_SERVICE) $(AUDIT_ARGS) \
+		--requirement "$$tmp/requirements.txt"
 
 django-tests: install  ## Django's own middleware tests, Django's classes vs apps.core.native's.
 	$(RUN)/python -m tests.django_suite.run $(if $(LABELS),--labels $(LABELS))

@@ -13,13 +13,21 @@ peer outside forwarded_allow_ips, must not make a request HTTPS.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import re
 import secrets
+import subprocess
+import threading
+import tomllib
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from packaging.utils import canonicalize_name
 
 from deploy.stack import Stack, prepare_var_dir, start_stack
 from tests.core.test_csp import page_violations
@@ -255,3 +263,124 @@ def test_csrf_over_https_from_a_trusted_proxy(stack: Stack, interface: str) -> N
         # The same host over plain http is another origin: a downgrade is refused too.
         downgraded = https_origin.replace("https://", "http://")
         assert post_login(client, url, downgraded, https).status_code == 403
+
+
+# --- The dependency audit -------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+VULNERABLE = "django"
+ADVISORY_ID = "PYSEC-0000-TEST"
+
+
+class FakeOSV(ThreadingHTTPServer):
+    """An OSV query endpoint on loopback: what pip-audit asked, and the answers it gets."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), OSVHandler)
+        self.queried: set[str] = set()
+        self.advisories: dict[str, list[dict[str, Any]]] = {}
+        self.status = 200
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1/query"
+
+
+class OSVHandler(BaseHTTPRequestHandler):
+    server: FakeOSV
+
+    def do_POST(self) -> None:
+        query = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        name = query["package"]["name"]
+        self.server.queried.add(name)
+        vulns = self.server.advisories.get(name)
+        body = json.dumps({"vulns": vulns} if vulns else {}).encode()
+        self.send_response(self.server.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def osv() -> Iterator[FakeOSV]:
+    server = FakeOSV()
+    thread = threading.Thread(target=server.serve_forever, name="fake-osv", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def make_audit(osv: FakeOSV) -> tuple[int, str]:
+    """Run `make audit` against `osv` (the venv is already installed: -o install).
+
+    Return the exit status and the output (pip-audit writes its summary to stderr).
+    """
+    result = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            "install",
+            "audit",
+            "AUDIT_SERVICE=osv",
+            f"AUDIT_ARGS=--osv-url {osv.url} --timeout 10",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def locked_packages_for_this_machine() -> set[str]:
+    """Return the packages uv.lock installs here (markers evaluated), the project excluded."""
+    lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))
+    installed = {
+        canonicalize_name(dist.metadata["Name"]) for dist in importlib.metadata.distributions()
+    }
+    names = {canonicalize_name(package["name"]) for package in lock["package"]}
+    # A package the lock lists only for another platform (colorama on Windows) is not exported.
+    return {name for name in names if name in installed}
+
+
+def test_audit_checks_every_locked_package_and_passes_when_none_is_known(osv: FakeOSV) -> None:
+    status, output = make_audit(osv)
+    assert status == 0, output
+    assert "No known vulnerabilities found" in output
+    assert osv.queried == locked_packages_for_this_machine()
+
+
+def test_audit_fails_on_a_known_vulnerability(osv: FakeOSV) -> None:
+    osv.advisories[VULNERABLE] = [
+        {
+            "id": ADVISORY_ID,
+            "summary": "test advisory",
+            "affected": [
+                {
+                    "package": {"name": VULNERABLE, "ecosystem": "PyPI"},
+                    "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}],
+                }
+            ],
+        }
+    ]
+    status, output = make_audit(osv)
+    assert status != 0
+    assert re.search(rf"^{VULNERABLE} +\S+ +{ADVISORY_ID}", output, re.MULTILINE), output
+
+
+def test_audit_fails_when_the_service_cannot_answer(osv: FakeOSV) -> None:
+    osv.status = 503
+    status, output = make_audit(osv)
+    assert status != 0
+    assert "No known vulnerabilities found" not in output
+    assert "503" in output
