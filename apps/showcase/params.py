@@ -6,6 +6,7 @@ got; the views turn that into a 400 JSON answer.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,14 +98,71 @@ def item_id(query: Mapping[str, str]) -> int | None:
     return ITEM_ID.parse(query)
 
 
-def new_item(data: Mapping[str, str]) -> tuple[str, int]:
-    """Return (name, value) for an item to create, from the POST form (both optional)."""
-    name = data.get("name", "posted")
+def item_name(name: str) -> str:
+    """Return `name` when it can name an item."""
     if not name or len(name) > ITEM_NAME_MAX_LENGTH or not name.isprintable():
         raise ParamError(
             f"name must be 1 to {ITEM_NAME_MAX_LENGTH} printable characters, got {name[:40]!r}"
         )
-    return name, ITEM_VALUE.parse(data)
+    return name
+
+
+def new_item(data: Mapping[str, str]) -> tuple[str, int]:
+    """Return (name, value) for an item to create, from the POST form (both optional)."""
+    return item_name(data.get("name", "posted")), ITEM_VALUE.parse(data)
+
+
+def json_object(body: bytes) -> dict[str, object]:
+    """Return the JSON object in `body`; refuse anything else with a message saying why."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ParamError(f"JSON body is not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ParamError(f"JSON body is malformed: {exc.msg} at character {exc.pos}") from None
+    except RecursionError:
+        # The C decoder recurses once per nesting level: a body of 100,000 "[" exhausts it.
+        raise ParamError("JSON body is nested too deeply") from None
+    except ValueError as exc:
+        # Integers longer than sys.get_int_max_str_digits() (4,300 by default).
+        raise ParamError(f"JSON body is refused: {str(exc)[:80]}") from None
+    if not isinstance(data, dict):
+        raise ParamError(f"JSON body must be an object, got {type(data).__name__}")
+    return data
+
+
+def new_item_json(body: bytes) -> tuple[str, int]:
+    """Return (name, value) for an item to create, from a JSON object (both optional)."""
+    data = json_object(body)
+    name = data.get("name", "posted")
+    if not isinstance(name, str):
+        raise ParamError(f"name must be a string, got {type(name).__name__}")
+    value = data.get("value", 0)
+    # bool is an int subclass: true must not pass as 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamError(f"value must be an integer, got {type(value).__name__}")
+    if not ITEM_VALUE.low <= value <= ITEM_VALUE.high:
+        raise ParamError(
+            f"value must be between {ITEM_VALUE.low} and {ITEM_VALUE.high}, got {value}"
+        )
+    return item_name(name), value
+
+
+def is_json(meta: Mapping[str, object]) -> bool:
+    """Return whether the request declares a JSON body (application/json, any parameters)."""
+    content_type = str(meta.get("CONTENT_TYPE", ""))
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def complete_body(meta: Mapping[str, object], received: int) -> None:
+    """Refuse a body shorter than its Content-Length: the client stopped sending early.
+
+    gunicorn's WSGI workers end a body at the client's EOF without an error (its LengthReader
+    returns what it has), so a form cut short would otherwise be taken as whole.
+    """
+    raw = meta.get("CONTENT_LENGTH")
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and received < int(raw):
+        raise ParamError(f"body ended after {received} of {int(raw)} bytes")
 
 
 def upload_max_bytes() -> int:

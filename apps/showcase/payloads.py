@@ -49,7 +49,9 @@ ENDPOINTS = (
         "Call an HTTP API that answers after N ms: httpx.Client against httpx.AsyncClient.",
     ),
     Endpoint("db", "GET", "?id=1", "Read one item (any item without id) and the item count."),
-    Endpoint("db", "POST", "", "Create an item from the form fields name and value."),
+    Endpoint(
+        "db", "POST", "", "Create an item from the form fields, or a JSON object, name and value."
+    ),
     Endpoint("cpu", "GET", "?n=100000", "Pure-Python work: the GIL gives async nothing here."),
     Endpoint(
         "stream",

@@ -88,3 +88,45 @@ class UploadLimitTests(SimpleTestCase):
             with self.subTest(raw=raw), self.assertRaises(ParamError) as caught:
                 params.declared_length({"CONTENT_LENGTH": raw}, 10)
             self.assertEqual(caught.exception.status, 400)
+
+
+class JsonItemTests(SimpleTestCase):
+    def test_json_item(self):
+        self.assertEqual(params.new_item_json(b'{"name": "j", "value": -4}'), ("j", -4))
+        self.assertEqual(params.new_item_json(b"{}"), ("posted", 0))
+
+    def test_refused_json_names_the_problem(self):
+        cases = {
+            b'{"name": "x", "value":': "JSON body is malformed: Expecting value at character 22",
+            b"[1, 2]": "JSON body must be an object, got list",
+            b'{"name": "\xff"}': "JSON body is not UTF-8 (byte 10)",
+            b"[" * 100_000: "JSON body is nested too deeply",
+            b'{"value": ' + b"9" * 10_000 + b"}": "JSON body is refused: Exceeds the limit",
+            b'{"name": 7}': "name must be a string, got int",
+            b'{"value": "7"}': "value must be an integer, got str",
+            b'{"value": true}': "value must be an integer, got bool",
+            b'{"value": 4294967296}': "value must be between",
+            b'{"name": ""}': "name must be 1 to 100 printable characters",
+        }
+        for body, message in cases.items():
+            with self.subTest(body=body[:30]), self.assertRaisesMessage(ParamError, message) as e:
+                params.new_item_json(body)
+            self.assertEqual(e.exception.status, 400)
+
+    def test_is_json_reads_the_media_type_only(self):
+        self.assertTrue(params.is_json({"CONTENT_TYPE": "application/json; charset=utf-8"}))
+        self.assertTrue(params.is_json({"CONTENT_TYPE": "Application/JSON"}))
+        self.assertFalse(params.is_json({"CONTENT_TYPE": "application/x-www-form-urlencoded"}))
+        self.assertFalse(params.is_json({}))
+
+
+class CompleteBodyTests(SimpleTestCase):
+    def test_whole_or_undeclared_bodies_pass(self):
+        params.complete_body({"CONTENT_LENGTH": "5"}, 5)
+        params.complete_body({}, 0)
+        params.complete_body({"CONTENT_LENGTH": ""}, 3)
+
+    def test_body_shorter_than_declared_is_a_400(self):
+        with self.assertRaisesMessage(ParamError, "body ended after 9 of 50 bytes") as caught:
+            params.complete_body({"CONTENT_LENGTH": "50"}, 9)
+        self.assertEqual(caught.exception.status, 400)

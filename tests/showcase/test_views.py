@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import threading
@@ -313,6 +314,87 @@ class DbTests(PairTestCase):
         self.assertEqual((await client.post("/async/db/", {"name": "t"})).status_code, 201)
         response = await client.post("/async/upload/", b"x", content_type="text/plain")
         self.assertEqual(response.status_code, 200)
+
+
+class DbJsonTests(PairTestCase):
+    def test_write_from_json(self):
+        response = self.client.post(
+            "/sync/db/", {"name": "json-made", "value": 5}, "application/json"
+        )
+        self.assertEqual(response.status_code, 201)
+        self.assertEqual(
+            (response.json()["item"]["name"], response.json()["item"]["value"]), ("json-made", 5)
+        )
+
+    async def test_async_write_from_json(self):
+        response = await self.async_client.post(
+            "/async/db/", {"name": "json-made", "value": 5}, "application/json"
+        )
+        self.assertEqual(response.status_code, 201)
+        self.assertEqual(await Item.objects.filter(name="json-made", value=5).acount(), 1)
+
+    async def test_malformed_json_is_a_400_naming_the_problem(self):
+        sync, async_ = await self.post_pair("db", b'{"name": ', content_type="application/json")
+        self.assertJsonError(sync, 400, "JSON body is malformed: Expecting value at character 9")
+        self.assertSameAnswer(sync, async_)
+        self.assertEqual(await Item.objects.acount(), Item.SEED_ROWS)
+
+    async def test_deeply_nested_json_is_a_400_not_a_500(self):
+        sync, async_ = await self.post_pair("db", b"[" * 100_000, content_type="application/json")
+        self.assertJsonError(sync, 400, "JSON body is nested too deeply")
+        self.assertSameAnswer(sync, async_)
+
+
+class RefusedBodyTests(PairTestCase):
+    """Bodies Django refuses before the view: 400, in both modes."""
+
+    async def assertPairRefused(self, body: bytes, content_type: str) -> None:
+        sync, async_ = await self.post_pair("db", body, content_type=content_type)
+        self.assertEqual((sync.status_code, async_.status_code), (400, 400))
+        self.assertEqual(await Item.objects.acount(), Item.SEED_ROWS)
+
+    async def test_too_many_form_fields(self):
+        await self.assertPairRefused(b"a=1&" * 1001, "application/x-www-form-urlencoded")
+
+    async def test_too_many_files(self):
+        part = (
+            b'--b\r\nContent-Disposition: form-data; name="f"; filename="f.txt"\r\n'
+            b"Content-Type: text/plain\r\n\r\nx\r\n"
+        )
+        await self.assertPairRefused(part * 101 + b"--b--\r\n", "multipart/form-data; boundary=b")
+
+    async def test_multipart_without_boundary_is_a_400_not_a_500(self):
+        await self.assertPairRefused(b"--x\r\n\r\n--x--\r\n", "multipart/form-data")
+
+    async def test_body_over_the_upload_memory_size(self):
+        await self.assertPairRefused(
+            b"name=" + b"a" * 2_700_000, "application/x-www-form-urlencoded"
+        )
+
+    def test_form_cut_short_under_wsgi_is_a_400(self):
+        """gunicorn hands WSGI a body that ends at the client's EOF as if it were whole."""
+        environ = {
+            "PATH_INFO": "/sync/db/",
+            "REQUEST_METHOD": "POST",
+            "CONTENT_TYPE": "application/x-www-form-urlencoded",
+            "CONTENT_LENGTH": "50",
+            "wsgi.input": io.BytesIO(b"name=trun"),
+        }
+        setup_testing_defaults(environ)
+        environ["HTTP_HOST"] = "localhost"
+        statuses = []
+        request_started.disconnect(close_old_connections)
+        request_finished.disconnect(close_old_connections)
+        try:
+            response = WSGIHandler()(environ, lambda status, headers: statuses.append(status))
+            body = b"".join(response)
+            response.close()
+        finally:
+            request_started.connect(close_old_connections)
+            request_finished.connect(close_old_connections)
+        self.assertEqual(statuses, ["400 Bad Request"])
+        self.assertEqual(json.loads(body), {"error": "body ended after 9 of 50 bytes"})
+        self.assertFalse(Item.objects.filter(name="trun").exists())
 
 
 class StreamTests(PairTestCase):
