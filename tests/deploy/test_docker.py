@@ -471,11 +471,17 @@ class Sandbox:
     gid: int
     read_only_repo: bool
     hidden: list[tuple[Path, list[Path]]] = field(default_factory=list)
+    # When set, the whole machine is read-only in the sandbox but these (and /dev, /proc, /sys,
+    # as in a container): compose's `read_only: true` with its tmpfs and volumes.
+    writable: list[Path] = field(default_factory=list)
 
     @property
     def description(self) -> str:
         """Return how this sandbox isolates, for failure messages."""
-        return f"uid={self.uid}, read-only repository={self.read_only_repo}"
+        return (
+            f"uid={self.uid}, read-only repository={self.read_only_repo}, "
+            f"writable only={[str(p) for p in self.writable] or 'not enforced'}"
+        )
 
     def mount_script(self) -> list[str]:
         """Return the shell lines that set up the sandbox's mounts in a new mount namespace."""
@@ -493,6 +499,18 @@ class Sandbox:
             for path, stage_dir in zip(keep, stages, strict=True):
                 script.append(f"mkdir -p {quote(str(path))}")
                 script.append(f"mount --bind {quote(str(stage_dir))} {quote(str(path))}")
+        if self.writable:
+            script.extend(f"mount --bind {quote(str(p))} {quote(str(p))}" for p in self.writable)
+            kept = "|".join(
+                ["/proc", "/proc/*", "/sys", "/sys/*", "/dev", "/dev/*"]
+                + [quote(str(p)) for p in self.writable]
+            )
+            # Every other mount that is writable becomes read-only (in this namespace only);
+            # set -e makes a mount that refuses fail the sandbox instead of staying writable.
+            script.append(
+                "for mp in $(awk '$6 ~ /^rw/ {print $5}' /proc/self/mountinfo); do "
+                f'case "$mp" in {kept}) ;; *) mount -o remount,bind,ro "$mp" ;; esac; done'
+            )
         return script
 
     def as_user(self, argv: list[str], user: tuple[int, int] | None = None) -> list[str]:
@@ -765,6 +783,9 @@ def test_entrypoint_serves_each_mode_in_a_read_only_sandbox_and_stops_on_sigterm
         DJANGO_MIGRATE="true",
         WEB_CONCURRENCY="1",
     )
+    if sandbox.read_only_repo:
+        # compose's read_only: true, with a tmpfs on /tmp and a volume on var.
+        sandbox.writable = [sandbox.root / "var", sandbox.root / "tmp"]
     started = time.time()
     server = start_entrypoint(sandbox, env, sandbox.root / "server.log")
     try:
@@ -777,11 +798,18 @@ def test_entrypoint_serves_each_mode_in_a_read_only_sandbox_and_stops_on_sigterm
         assert process_uid(server.pid) == sandbox.uid
         workers = child_pids(server.pid)
         assert workers
+        # Neither the master nor any worker runs as root (the image's USER, or this user).
+        assert sandbox.uid != 0
+        assert {process_uid(pid) for pid in workers} == {sandbox.uid}
 
         if sandbox.read_only_repo:
-            # The harness holds: what the server could not write, it did not write.
-            refused = sandbox.run(["touch", str(REPO / "sandbox-probe")], env)
-            assert "Read-only file system" in refused.stderr
+            # The harness holds: what the server could not write, it did not write. The
+            # world-writable directories of this machine are read-only in there too.
+            for place in (REPO, Path("/var/tmp"), Path("/tmp")):
+                refused = sandbox.run(["touch", str(place / "sandbox-probe")], env)
+                assert "Read-only file system" in refused.stderr, place
+            allowed = sandbox.run(["touch", str(sandbox.root / "tmp" / "sandbox-probe")], env)
+            assert allowed.returncode == 0, allowed.stderr
 
         # The baked static files are served from the read-only STATIC_ROOT.
         url = f"http://127.0.0.1:{port}{first_static_file(collected_static)}"
@@ -803,7 +831,7 @@ def test_entrypoint_serves_each_mode_in_a_read_only_sandbox_and_stops_on_sigterm
     # The only writes: the sandbox's var and tmp (gunicorn's heartbeat files are unlinked at once).
     if sandbox.uid != os.geteuid():
         assert repo_files_owned_by(sandbox.uid) == []
-        for shared in (Path("/tmp"), Path("/dev/shm")):
+        for shared in (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")):
             if shared.is_dir():
                 assert files_owned_by(sandbox.uid, shared, started) == [], shared
     # No control socket left in HOME: gunicorn's is off in every mode.
