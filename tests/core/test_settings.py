@@ -123,6 +123,9 @@ class SettingsProcessTests(SimpleTestCase):
         self.assertIn("django.middleware.csrf.CsrfViewMiddleware", stock)
         self.assertIn("whitenoise.middleware.WhiteNoiseMiddleware", stock)
         self.assertFalse([path for path in stock if path.startswith("apps.core.native.")])
+        # The benchmark's baseline stays what popular templates ship: no CSP middleware there.
+        self.assertIn("apps.core.csp.ContentSecurityPolicyMiddleware", native)
+        self.assertNotIn("apps.core.csp.ContentSecurityPolicyMiddleware", stock)
         refused = self.run_python(["-c", PRINT_SETTINGS], {"DUALSERVE_PROFILE": "fast"})
         self.assertIn("DUALSERVE_PROFILE='fast'", refused.stderr)
 
