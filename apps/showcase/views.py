@@ -208,19 +208,28 @@ async def async_cpu(request: HttpRequest) -> JsonResponse:
 # --- stream -----------------------------------------------------------------------------------
 
 
+# Both twins keep to a schedule set when the stream starts (event k due k x interval after
+# the first) instead of sleeping `interval` after each send: a delay (a slow client, a busy
+# loop, a garbage collection) then delays one event, and the next ones catch up, rather
+# than adding up along the stream.
+
+
 def sync_events(events: int, interval_ms: int) -> Iterator[bytes]:
-    """Yield the events, sleeping the thread `interval_ms` between two."""
+    """Yield the events on their schedule, sleeping the thread in between."""
+    start = time.monotonic()
     for number in range(1, events + 1):
         if number > 1:
-            time.sleep(interval_ms / 1000)
+            time.sleep(max(0.0, start + (number - 1) * interval_ms / 1000 - time.monotonic()))
         yield payloads.sse_event(number, events)
 
 
 async def async_events(events: int, interval_ms: int) -> AsyncIterator[bytes]:
-    """Yield the events, waiting on the loop `interval_ms` between two."""
+    """Yield the events on their schedule, waiting on the loop in between."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     for number in range(1, events + 1):
         if number > 1:
-            await asyncio.sleep(interval_ms / 1000)
+            await asyncio.sleep(max(0.0, start + (number - 1) * interval_ms / 1000 - loop.time()))
         yield payloads.sse_event(number, events)
 
 
