@@ -71,9 +71,10 @@ DIRECT_SOCKETS = 20
 DIRECT_SECONDS = 4.0
 SLOW_POSTS = 100
 SLOW_POST_SECONDS = 3.0
-# The canary's per-request timeout when a server may stall: long enough for a loaded machine,
-# short enough that a stall shows as failures within the measured window.
-DIRECT_CANARY_TIMEOUT = 1.0
+# The canary's per-request timeout directly on a WSGI server, which may stall: short enough that
+# a stall shows as failures within the window (only measured). The ASGI servers' canary, whose
+# failures are asserted, gets the same generous timeout as the canary through nginx.
+DIRECT_CANARY_TIMEOUT = {"wsgi": 1.0, "asgi": 5.0}
 # nginx writes its access log through a buffer flushed every second (deploy/nginx.py).
 LOG_WAIT = 10.0
 # Each entry, and a path that entry sends to the server behind it.
@@ -345,10 +346,10 @@ def test_slowloris_sockets_are_closed_by_nginx_while_a_canary_succeeds(
     assert len(result.ended_by_server) == SLOWLORIS_SOCKETS
     assert samples.requests > 0, "the canary never ran while the sockets were open"
     assert samples.failures == [], samples.failures[:5]
-    assert_never_reached_the_app(
-        stack, token, nginx_lines(stack, token, SLOWLORIS_SOCKETS), status=408
-    )
-    assert len(nginx_lines(stack, token, SLOWLORIS_SOCKETS)) == SLOWLORIS_SOCKETS
+    # nginx logs each as a 408 it answered itself (it closes without sending it).
+    lines = nginx_lines(stack, token, SLOWLORIS_SOCKETS)
+    assert len(lines) == SLOWLORIS_SOCKETS
+    assert_never_reached_the_app(stack, token, lines, status=408)
     assert_serving(stack, entry)
 
 
@@ -443,14 +444,14 @@ def test_slowloris_directly_against_the_server(stack: Stack, interface: str) -> 
         ),
         server.base_url + path,
         max_duration=DIRECT_SECONDS + 5,
-        timeout=DIRECT_CANARY_TIMEOUT,
+        timeout=DIRECT_CANARY_TIMEOUT[interface],
     )
     report(
         stack,
         f"{DIRECT_SOCKETS} slowloris sockets directly on {server.mode} for {DIRECT_SECONDS:g} s",
         f"{result.count(STILL_OPEN)} still open at the end, "
         f"{len(result.ended_by_server)} closed by the server; canary meanwhile "
-        f"(timeout {DIRECT_CANARY_TIMEOUT:g} s): {samples.describe()}",
+        f"(timeout {DIRECT_CANARY_TIMEOUT[interface]:g} s): {samples.describe()}",
     )
     assert result.count(NOT_CONNECTED) == 0
     assert samples.requests > 0
