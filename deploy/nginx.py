@@ -25,7 +25,7 @@ NGINX_USER                         the owner of STATIC_ROOT when run    (the ima
 Tuning, same for both: NGINX_WORKER_PROCESSES (auto), NGINX_WORKER_CONNECTIONS (1024),
 NGINX_CLIENT_MAX_BODY_SIZE (64m), NGINX_CLIENT_HEADER_TIMEOUT (10s), NGINX_CLIENT_BODY_TIMEOUT
 (30s), NGINX_SEND_TIMEOUT (30s), NGINX_PROXY_READ_TIMEOUT (60s), NGINX_STREAM_READ_TIMEOUT
-(120s), NGINX_LARGE_CLIENT_HEADER_BUFFERS (4 16k), NGINX_UPSTREAM_KEEPALIVE (32),
+(120s), NGINX_LARGE_CLIENT_HEADER_BUFFERS (4 8k), NGINX_UPSTREAM_KEEPALIVE (32),
 NGINX_UPSTREAM_KEEPALIVE_TIMEOUT (60s), NGINX_MIME_TYPES (/etc/nginx/mime.types).
 NGINX_BINARY names the nginx executable when it is not found on PATH or in /usr/sbin.
 """
@@ -75,8 +75,11 @@ TUNING_DEFAULTS = {
     "NGINX_SEND_TIMEOUT": "30s",
     "NGINX_PROXY_READ_TIMEOUT": "60s",
     "NGINX_STREAM_READ_TIMEOUT": "120s",
-    # One header line may reach 16k (h11's cap for the whole head); larger gets 400 here.
-    "NGINX_LARGE_CLIENT_HEADER_BUFFERS": "4 16k",
+    # A request line or header line over 8k is refused here (414/400), at or below gunicorn's
+    # limit_request_line/_field_size (8190): whatever gunicorn would refuse never reaches it,
+    # and uvicorn (httptools has no limit) gets the same bounds. The head as a whole stays
+    # under 4 x 8k (gunicorn has no limit on the whole head). Measured: tests/reliability.
+    "NGINX_LARGE_CLIENT_HEADER_BUFFERS": "4 8k",
     "NGINX_UPSTREAM_KEEPALIVE": "32",
     # Below the app servers' keep-alive (75 s, deploy/gunicorn/common.py).
     "NGINX_UPSTREAM_KEEPALIVE_TIMEOUT": "60s",
@@ -264,7 +267,7 @@ def values(target: Target, env: Mapping[str, str]) -> dict[str, str]:
         "NGINX_LARGE_CLIENT_HEADER_BUFFERS",
         tuning["LARGE_CLIENT_HEADER_BUFFERS"],
         BUFFERS_RE,
-        "a number and a size such as '4 16k'",
+        "a number and a size such as '4 8k'",
     )
     for name in ("WORKER_CONNECTIONS", "UPSTREAM_KEEPALIVE"):
         checked(f"NGINX_{name}", tuning[name], COUNT_RE, "a whole number")

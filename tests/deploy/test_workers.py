@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker as StockThreadWorker
 
 from deploy.gunicorn import common
+from deploy.hostile.replay import parse_responses
+from deploy.servers import INHERITED_SETTINGS, start_mode
 from deploy.workers import GunicornAccessLog, ThreadWorker, UvicornWorker
 
 Message = dict[str, Any]
@@ -193,3 +196,50 @@ def test_stock_gthread_worker_deadlocks_there(tmp_path: Path, make_logger: Any) 
     # The negative control: the bug ThreadWorker exists for (CPython #121649). If a gunicorn
     # release fixes it, this fails and ThreadWorker can go.
     assert not quit_holding_the_pool_lock(StockThreadWorker, make_logger(gunicorn_config(tmp_path)))
+
+
+def refused_post_then_get(port: int) -> list[int]:
+    """POST a 3 MiB form the app refuses unread, then GET on the same connection; the statuses."""
+    form = b"name=" + b"a" * (3 * 1024 * 1024)
+    post = (
+        b"POST /sync/db/ HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(form), form)
+    )
+    get = b"GET /sync/hello/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(post)
+        while not parse_responses(received, closed=False)[0]:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        try:
+            sock.sendall(get)
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError:
+            pass  # reset: the worker closed with the body unread
+    return [response.status for response in parse_responses(received, closed=True)[0]]
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize(
+    ("worker_class", "statuses"),
+    [("deploy.workers.ThreadWorker", [400, 200]), ("gthread", [400])],
+)
+def test_thread_worker_drains_a_refused_body_and_keeps_the_connection(
+    tmp_path: Path, worker_class: str, statuses: list[int]
+) -> None:
+    """The stock class drains 64 KiB, then resets: behind nginx, a 502 instead of the 400."""
+    env = {
+        **dict.fromkeys(INHERITED_SETTINGS),
+        "DJANGO_VAR_DIR": str(tmp_path / "var"),
+        "DJANGO_DEBUG": "false",
+        "WEB_CONCURRENCY": "1",
+    }
+    with start_mode(
+        "wsgi_gthread", env=env, extra_args=["-k", worker_class], workdir=tmp_path / "server"
+    ) as server:
+        assert refused_post_then_get(server.port) == statuses, server.tail()
