@@ -24,6 +24,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# Logged when the client went away before any response started (nginx's code for it): uvicorn
+# sends nothing then, so the 500 it would send for an app that returns without answering is wrong.
+CLIENT_CLOSED_REQUEST = 499
 # Seconds between uvicorn cancelling what is still running and the master's SIGKILL.
 SHUTDOWN_MARGIN = 1
 # Most bytes of a body the app did not read that a gthread worker drains to keep the connection:
@@ -131,6 +134,7 @@ class ResponseInfo:
         self.status = 500
         self.headers: list[tuple[str, str]] = []
         self.sent = 0
+        self.started = False
 
 
 def wsgi_style_environ(scope: Scope) -> dict[str, str]:
@@ -169,9 +173,18 @@ class GunicornAccessLog:
             return
         started = time.monotonic()
         response = ResponseInfo()
+        disconnected = False
+
+        async def receive_and_record() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def send_and_record(message: Message) -> None:
             if message["type"] == "http.response.start":
+                response.started = True
                 response.status = message["status"]
                 response.headers = [
                     (name.decode("latin-1"), value.decode("latin-1"))
@@ -182,8 +195,10 @@ class GunicornAccessLog:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive_and_record, send_and_record)
         finally:
+            if disconnected and not response.started:
+                response.status = CLIENT_CLOSED_REQUEST
             elapsed = datetime.timedelta(seconds=time.monotonic() - started)
             environ = wsgi_style_environ(scope)
             request_headers = [

@@ -184,9 +184,17 @@ def parse_responses(data: bytes, closed: bool) -> tuple[list[Response], bool]:
 
 
 def exchange(
-    host: str, port: int, payload: bytes, timeout: float, half_close: bool = False
+    host: str,
+    port: int,
+    payload: bytes,
+    timeout: float,
+    half_close: bool = False,
+    linger: float = 0.0,
 ) -> Answer:
-    """Send `payload` on a new connection; read until it closes, or the answer is whole."""
+    """Send `payload` on a new connection; read until it closes, or the answer is whole.
+
+    After a whole answer, keep listening `linger` seconds for another one.
+    """
     started = time.monotonic()
     received = b""
     deadline = started + timeout
@@ -203,7 +211,7 @@ def exchange(
             pass
         while True:
             now = time.monotonic()
-            limit = min(deadline, complete_at + LINGER) if complete_at else deadline
+            limit = min(deadline, complete_at + linger) if complete_at is not None else deadline
             if now >= limit:
                 break
             sock.settimeout(limit - now)
@@ -318,8 +326,11 @@ def replay(
     `front` names the server that parses the requests (see front_server): where the case lists
     it as a known gap, what is wrong is recorded in `gaps` instead of failing the case.
     """
+    payload = case.payload(host_header, tag)
+    # Only a case that hides a request waits for a second answer after the first.
+    linger = LINGER if case.smuggle else 0.0
     try:
-        answer = exchange(host, port, case.payload(host_header, tag), case.timeout, case.half_close)
+        answer = exchange(host, port, payload, case.timeout, case.half_close, linger)
     except OSError as exc:
         answer = Answer(b"", [], f"connect failed: {exc}", 0.0)
     layer = classify(answer)

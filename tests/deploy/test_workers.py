@@ -138,6 +138,23 @@ def test_access_log_records_a_failing_app_as_500(tmp_path: Path, make_logger: An
     assert '"POST /items/?page=2 HTTP/1.1" 500 0 ' in (tmp_path / "access.log").read_text()
 
 
+def test_access_log_records_a_client_gone_before_any_answer_as_499(
+    tmp_path: Path, make_logger: Any
+) -> None:
+    """uvicorn sends nothing to a client that left: a 500 in the log would be a false alarm."""
+
+    async def abandoned_app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "http.disconnect"  # Django's RequestAborted path
+
+    async def disconnected() -> Message:
+        return {"type": "http.disconnect"}
+
+    log = make_logger(gunicorn_config(tmp_path))
+    app = GunicornAccessLog(abandoned_app, log)
+    asyncio.run(app(http_scope(), disconnected, lambda message: asyncio.sleep(0)))
+    assert '"POST /items/?page=2 HTTP/1.1" 499 0 ' in (tmp_path / "access.log").read_text()
+
+
 def test_access_log_ignores_lifespan(tmp_path: Path, make_logger: Any) -> None:
     seen: list[str] = []
 
