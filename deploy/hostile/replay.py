@@ -31,6 +31,8 @@ LINGER = 0.3
 STATUS_LINE_RE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})[^\r\n]*\r?\n")
 CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]+)[^\r\n]*\r\n")
 CANARY_PATH = "/sync/hello/"
+# The whole body of uvicorn's answer to a request its parser refuses (h11 and httptools).
+UVICORN_REFUSAL = "Invalid HTTP request received."
 # What the replay sends in the canary: a plain request any correct stack serves with 200.
 CANARY_TEMPLATE = "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
 
@@ -253,12 +255,13 @@ def classify(answer: Answer) -> str:
     if re.fullmatch(r"<h1>[A-Za-z ]+ \([0-9]{3}\)</h1>", text.strip()):
         return APP
     server = headers.get("server", "").lower()
-    if server.startswith(UVICORN) or "Invalid HTTP request" in text:
-        return UVICORN
-    # gunicorn's WSGI workers (util.write_error: an HTML page, no Server header) and its asgi
-    # worker (_send_error_response: plain text, Connection: close).
+    # gunicorn's WSGI workers (util.write_error): an HTML page, no Server header. Its messages
+    # ("Invalid HTTP request line: ...") look like uvicorn's, so this goes first.
     if server.startswith(GUNICORN) or "<h1><p>" in text:
         return GUNICORN
+    if server.startswith(UVICORN) or text.strip() == UVICORN_REFUSAL:
+        return UVICORN
+    # gunicorn's asgi worker (_send_error_response): plain text, Connection: close.
     if headers.get("connection", "").lower() == "close" and not server.startswith(NGINX):
         return GUNICORN
     if server.startswith(NGINX):

@@ -173,7 +173,13 @@ GUNICORN_ASGI_501 = (
 )
 UVICORN_400 = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 29\r\nconnection: close\r\n\r\nInvalid HTTP request received"
+    b"content-length: 30\r\nconnection: close\r\n\r\nInvalid HTTP request received."
+)
+# gunicorn's refusal of a request line, passed on by nginx: its words are close to uvicorn's.
+GUNICORN_400_VIA_NGINX = (
+    b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Type: text/html\r\n"
+    b"Content-Length: 69\r\n\r\n"
+    b"<html><h1><p>Bad Request</p></h1>Invalid HTTP request line: ''</html>"
 )
 APP_404_VIA_NGINX = (
     b"HTTP/1.1 404 Not Found\r\nServer: nginx\r\nContent-Type: application/json\r\n"
@@ -191,6 +197,7 @@ DJANGO_ASGI_400 = (
         (NGINX_400, NGINX),
         (GUNICORN_400, GUNICORN),
         (GUNICORN_ASGI_501, GUNICORN),
+        (GUNICORN_400_VIA_NGINX, GUNICORN),
         (UVICORN_400, UVICORN),
         (APP_404_VIA_NGINX, APP),
         (DJANGO_ASGI_400, APP),
