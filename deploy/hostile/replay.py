@@ -261,8 +261,9 @@ def classify(answer: Answer) -> str:
         return GUNICORN
     if server.startswith(UVICORN) or text.strip() == UVICORN_REFUSAL:
         return UVICORN
-    # gunicorn's asgi worker (_send_error_response): plain text, Connection: close.
-    if headers.get("connection", "").lower() == "close" and not server.startswith(NGINX):
+    # gunicorn's asgi worker (_send_error_response): a plain-text message. nginx's own pages
+    # are HTML and carry its mark, so plain text behind nginx came from the server too.
+    if headers.get("content-type", "").startswith("text/plain"):
         return GUNICORN
     if server.startswith(NGINX):
         return NGINX

@@ -198,6 +198,7 @@ DJANGO_ASGI_400 = (
         (GUNICORN_400, GUNICORN),
         (GUNICORN_ASGI_501, GUNICORN),
         (GUNICORN_400_VIA_NGINX, GUNICORN),
+        (GUNICORN_ASGI_501.replace(b"Connection: close", b"Server: nginx"), GUNICORN),
         (UVICORN_400, UVICORN),
         (APP_404_VIA_NGINX, APP),
         (DJANGO_ASGI_400, APP),
