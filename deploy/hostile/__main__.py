@@ -11,6 +11,7 @@ from pathlib import Path
 
 from deploy.hostile.corpus import CORPUS_DIR, CaseError, load_corpus, select
 from deploy.hostile.replay import (
+    CANARY_PATH,
     GUNICORN,
     GUNICORN_ASGI,
     NGINX,
@@ -88,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the server that parses the requests (default: read from its Server header)",
     )
     parser.add_argument("--tag", default="", help="marks the smuggled paths (default: random)")
+    parser.add_argument(
+        "--canary-path",
+        default=CANARY_PATH,
+        help=f"the page the canary GETs; it must answer 200 (default {CANARY_PATH})",
+    )
     parser.add_argument("--no-canary", action="store_true", help="skip the canary requests")
     parser.add_argument(
         "--allow-remote",
@@ -112,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{host} is not a loopback address: pass --allow-remote to attack it")
     tag = args.tag or secrets.token_hex(4)
     try:
-        front = args.front or front_server(host, port, args.host_header)
+        front = args.front or front_server(host, port, args.host_header, args.canary_path)
     except OSError as exc:
         print(f"deploy.hostile: cannot reach {host}:{port}: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host_header=args.host_header,
             tag=tag,
             with_canary=not args.no_canary,
+            canary_path=args.canary_path,
             front=front,
         )
         for case in cases

@@ -5,7 +5,6 @@ No HTTP library on the client side: a library would fix or refuse the very bytes
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 import socket
@@ -288,13 +287,15 @@ def judge(case: Case, answer: Answer, layer: str) -> list[str]:
     return problems
 
 
-def front_server(host: str, port: int, host_header: str = "localhost") -> str:
+def front_server(
+    host: str, port: int, host_header: str = "localhost", path: str = CANARY_PATH
+) -> str:
     """Return the server that parses requests on host:port, read off the canary's answer.
 
     nginx (server_tokens off still says "nginx"), uvicorn, gunicorn's asgi worker, or gunicorn
     (its WSGI workers): each names itself in the Server header of every answer.
     """
-    request = CANARY_TEMPLATE.format(path=CANARY_PATH, host=host_header).encode("ascii")
+    request = CANARY_TEMPLATE.format(path=path, host=host_header).encode("ascii")
     answer = exchange(host, port, request, 10.0)
     server = answer.first.headers.get("server", "").lower() if answer.first else ""
     if server.startswith("gunicorn/asgi"):
@@ -305,9 +306,11 @@ def front_server(host: str, port: int, host_header: str = "localhost") -> str:
     return UNKNOWN
 
 
-def canary(host: str, port: int, host_header: str, timeout: float = 10.0) -> int | str:
+def canary(
+    host: str, port: int, host_header: str, path: str = CANARY_PATH, timeout: float = 10.0
+) -> int | str:
     """Return the status of a plain GET on a fresh connection (closed/timeout when none)."""
-    request = CANARY_TEMPLATE.format(path=CANARY_PATH, host=host_header).encode("ascii")
+    request = CANARY_TEMPLATE.format(path=path, host=host_header).encode("ascii")
     try:
         answer = exchange(host, port, request, timeout)
     except OSError as exc:
@@ -323,6 +326,7 @@ def replay(
     host_header: str = "localhost",
     tag: str = "run",
     with_canary: bool = True,
+    canary_path: str = CANARY_PATH,
     front: str = UNKNOWN,
 ) -> Result:
     """Replay `case` against host:port and judge the answer; then send the canary.
@@ -344,8 +348,7 @@ def replay(
     if with_canary:
         # A refused request may leave the server busy for a moment (a sync worker finishing a
         # close): the canary asks once, on a fresh connection, with a generous timeout.
-        with contextlib.suppress(OSError):
-            result.canary = canary(host, port, host_header)
+        result.canary = canary(host, port, host_header, canary_path)
         if result.canary != 200:
             result.problems.append(f"canary after the case got {result.canary}, not 200")
     return result

@@ -349,3 +349,9 @@ def test_cli_lists_the_cases(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(list(CORPUS_DIR.glob("*.http")))
     assert lines[0].startswith("001-lowercase-method")
+
+
+def test_cli_canary_path_must_answer_200(canned: int, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main([f"127.0.0.1:{canned}", "001", "--canary-path", "/elsewhere/"])
+    assert status == 1
+    assert "canary after the case got 400, not 200" in capsys.readouterr().out
