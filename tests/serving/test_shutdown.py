@@ -1,17 +1,22 @@
-"""Stopping a serving mode: what happens to requests in flight, and how fast the master exits.
+"""Stopping a serving mode: what happens to the requests in flight, and how fast the master exits.
 
-Measured with 2 workers and 10 requests of 1 s in flight when SIGTERM arrives:
-- wsgi_gthread, asgi_uvicorn, asgi_gunicorn: all 10 complete, then the master exits;
-- wsgi_sync: the 2 requests inside the workers complete; the 8 still waiting in the listen
-  backlog are reset (ECONNRESET) when the master closes the socket: they never reached Django.
-  A sync worker accepts one connection at a time, so the backlog is where a burst waits.
+SIGTERM lands under load: LOAD_THREADS clients each send GET /<side>/sleep/?ms=SLEEP_MS on a
+fresh connection, one after another. A request is "in flight" when its connection was open
+before the signal and it had not ended (tests/reliability/load.py, Outcome.in_flight_at).
+Measured with 2 workers (figures: lines starting "FAULT" with `pytest -s`):
+- wsgi_gthread, asgi_uvicorn, asgi_gunicorn: every request in flight completes, then the master
+  exits. Connections made after the signal are refused, or reset if they landed in the listen
+  backlog in the instant before the master closed it: never an HTTP error.
+- wsgi_sync: the requests inside the workers (one each) complete; those still waiting in the
+  listen backlog are reset (ECONNRESET) when the master closes the socket: they never reached
+  Django. A sync worker accepts one connection at a time, so the backlog is where a burst
+  waits. Mitigation: gthread or an async mode, or take the server out of the proxy's rotation
+  before SIGTERM (or reload with SIGHUP, which keeps the socket open).
 """
 
 from __future__ import annotations
 
-import http.client
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -19,93 +24,82 @@ import pytest
 
 from deploy.gunicorn import common
 from deploy.servers import MODES, Server, interface_of_mode, start_mode
+from tests.reliability.load import BackgroundLoad, Outcome
 from tests.serving.conftest import Env
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 WORKERS = 2
-IN_FLIGHT = 10
-SLEEP_MS = 1000
+LOAD_THREADS = 20
+SLEEP_MS = 200
 # How long past graceful_timeout the master may take to reap its workers and exit.
 EXIT_MARGIN = 5.0
-
-Outcome = int | Exception
-
-
-def send_in_flight(
-    server: Server, path: str, count: int
-) -> tuple[list[threading.Thread], list[Outcome]]:
-    """Start `count` requests in threads; return once every request has been sent."""
-    outcomes: list[Outcome] = [RuntimeError("no answer")] * count
-    sent = threading.Semaphore(0)
-
-    def fetch(index: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        try:
-            connection.request("GET", path)
-            sent.release()
-            response = connection.getresponse()
-            response.read()
-            outcomes[index] = response.status
-        except Exception as exc:  # the outcome under test, not an error of the test
-            outcomes[index] = exc
-            sent.release()
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=fetch, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for _ in range(count):
-        assert sent.acquire(timeout=30), "requests were not sent"
-    return threads, outcomes
+# Every connection error the load can see once the listener is gone.
+CONNECTION_ERRORS = ("ConnectionRefusedError(111)", "ConnectionResetError(104)")
 
 
-def terminate_with_requests_in_flight(
+def terminate_under_load(
     mode: str, env: Env, workdir: Path
-) -> tuple[list[Outcome], bool, int, Server]:
-    """SIGTERM `mode` with IN_FLIGHT slow requests running; return outcomes, exit, status."""
+) -> tuple[list[Outcome], list[Outcome], bool, int, Server]:
+    """SIGTERM `mode` under load; return (in flight at the signal, after it), exit, status."""
     side = "sync" if interface_of_mode(mode) == "wsgi" else "async"
     server = start_mode(mode, env={**env, "WEB_CONCURRENCY": str(WORKERS)}, workdir=workdir)
     try:
         # /healthz answers once ONE worker serves: wait for all, or a sync worker still
         # booting would take no request and the count of served ones would vary.
         assert server.wait_for_output(r"Worker ready \(pid", count=WORKERS), server.tail()
-        threads, outcomes = send_in_flight(server, f"/{side}/sleep/?ms={SLEEP_MS}", IN_FLIGHT)
-        # Let the workers accept what they will accept before the signal.
-        time.sleep(0.3)
-        server.send_signal(signal.SIGTERM)
-        exited = server.wait_exit(common.graceful_timeout + EXIT_MARGIN)
-        for thread in threads:
-            thread.join(timeout=60)
+        with BackgroundLoad(
+            server.port,
+            f"/{side}/sleep/?ms={SLEEP_MS}",
+            concurrency=LOAD_THREADS,
+            max_seconds=common.graceful_timeout + EXIT_MARGIN,
+        ) as load:
+            time.sleep(1)
+            signalled = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            exited = server.wait_exit(common.graceful_timeout + EXIT_MARGIN)
     finally:
         status = server.stop()
-    return outcomes, exited, status, server
+    outcomes = load.result.outcomes
+    in_flight = [o for o in outcomes if o.in_flight_at(signalled)]
+    after = [o for o in outcomes if o.started > signalled]
+    print(  # the figures of the reliability report, with `pytest -s`
+        f"FAULT sigterm {mode}: {len(in_flight)} in flight, "
+        f"{sum(o.ok for o in in_flight)} completed, errors "
+        f"{sorted({str(o.error) for o in in_flight if not o.ok})}; after the signal "
+        f"{len(after)} sent: {dict(load.result.errors())}"
+    )
+    return in_flight, after, exited, status, server
 
 
 @pytest.mark.parametrize("mode", [mode for mode in MODES if mode != "wsgi_sync"])
-def test_sigterm_completes_every_request_in_flight(
+def test_sigterm_under_load_completes_every_request_in_flight(
     mode: str, serving_env: Env, tmp_path: Path
 ) -> None:
-    outcomes, exited, status, server = terminate_with_requests_in_flight(
-        mode, serving_env, tmp_path
-    )
-    assert outcomes == [200] * IN_FLIGHT, server.tail()
+    in_flight, after, exited, status, server = terminate_under_load(mode, serving_env, tmp_path)
+    # The load was real: most of the clients were waiting on an answer.
+    assert len(in_flight) >= LOAD_THREADS // 2, len(in_flight)
+    assert [o for o in in_flight if not o.ok] == [], server.tail()
+    # After the signal: a 200 (accepted before the listener closed) or a connection error.
+    assert all(o.ok or o.error in CONNECTION_ERRORS for o in after), after
     assert exited, f"master still running {common.graceful_timeout + EXIT_MARGIN} s after SIGTERM"
     assert status == 0, server.tail()
     assert "SIGKILL" not in server.output()
 
 
-def test_sigterm_on_sync_workers_resets_the_backlog(serving_env: Env, tmp_path: Path) -> None:
-    outcomes, exited, status, server = terminate_with_requests_in_flight(
+def test_sigterm_under_load_on_sync_workers_resets_the_backlog(
+    serving_env: Env, tmp_path: Path
+) -> None:
+    in_flight, _after, exited, status, server = terminate_under_load(
         "wsgi_sync", serving_env, tmp_path
     )
-    served = [outcome for outcome in outcomes if outcome == 200]
-    lost = [outcome for outcome in outcomes if outcome != 200]
-    # One request per sync worker was inside Django: those complete.
-    assert len(served) == WORKERS, outcomes
+    served = [o for o in in_flight if o.ok]
+    lost = [o for o in in_flight if not o.ok]
+    # The requests inside a sync worker (one each) complete.
+    assert 1 <= len(served) <= 2 * WORKERS, in_flight
     # The rest never left the listen backlog: a connection error, never an HTTP error answer.
-    assert all(isinstance(outcome, ConnectionError) for outcome in lost), outcomes
+    assert len(lost) >= LOAD_THREADS // 2, in_flight
+    assert all(o.status is None and o.error in CONNECTION_ERRORS for o in lost), lost
     assert exited, server.tail()
     assert status == 0, server.tail()
 
