@@ -466,6 +466,69 @@ def test_missing_static_file_is_answered_by_nginx(stack: Stack) -> None:
     assert "x-interface" not in response.headers
 
 
+SECURITY_HEADERS = (
+    "x-content-type-options",
+    "referrer-policy",
+    "x-frame-options",
+    "content-security-policy",
+)
+
+
+def header_values(response: httpx.Response) -> dict[str, list[str]]:
+    """Return every value of each security header, repeated ones included."""
+    return {name: response.headers.get_list(name) for name in SECURITY_HEADERS}
+
+
+def raw_response(answer: bytes) -> httpx.Response:
+    """Return the status and headers of a raw HTTP/1.1 answer as an httpx.Response."""
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = [tuple(line.split(": ", 1)) for line in head[1:]]
+    return httpx.Response(int(head[0].split()[1]), headers=headers)
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("what", ["static file", "missing static file", "body too large"])
+def test_what_nginx_answers_itself_carries_the_security_headers(stack: Stack, what: str) -> None:
+    name, _ = manifest_entry_with_gzip(stack.static_root)
+    url = stack.url("hybrid", f"/static/{name}")
+    if what == "missing static file":
+        response = httpx.get(stack.url("hybrid", "/static/no/such.css"))
+    elif what == "body too large":  # client_max_body_size is 64m: the declared length is enough
+        request = (
+            b"POST /sync/upload/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Content-Length: {65 * 1024 * 1024}\r\n\r\n".encode()
+        )
+        response = raw_response(raw_exchange(stack.ports["hybrid"], request))
+        assert response.status_code == 413
+    else:
+        response = httpx.get(url)
+    assert "x-interface" not in response.headers  # nginx answered, not Django
+    assert header_values(response) == {
+        "x-content-type-options": ["nosniff"],
+        "referrer-policy": ["same-origin"],
+        "x-frame-options": ["DENY"],
+        "content-security-policy": [
+            "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'"
+        ],
+    }
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("path", ["/", "/sync/hello/", "/async/hello/", "/no/such/page/"])
+def test_djangos_security_headers_pass_through_once_and_unchanged(
+    stack: Stack, entry: str, path: str
+) -> None:
+    direct = httpx.get(stack.server("wsgi" if entry == "wsgi" else "asgi").base_url + path)
+    proxied = httpx.get(stack.url(entry, path))
+    assert proxied.headers["x-interface"]  # Django answered
+    assert "cache-control" not in proxied.headers or path == "/"
+    values = header_values(proxied)
+    assert all(len(found) == 1 for found in values.values()), values
+    if entry != "hybrid":  # the hybrid entry may send "/" to the other server: same values
+        assert values == header_values(direct)
+
+
 @pytest.fixture(scope="module")
 def upload_body() -> bytes:
     return os.urandom(6 * 1024 * 1024)
