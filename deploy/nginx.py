@@ -27,6 +27,9 @@ NGINX_CLIENT_MAX_BODY_SIZE (64m), NGINX_CLIENT_HEADER_TIMEOUT (10s), NGINX_CLIEN
 (30s), NGINX_SEND_TIMEOUT (30s), NGINX_PROXY_READ_TIMEOUT (60s), NGINX_STREAM_READ_TIMEOUT
 (120s), NGINX_LARGE_CLIENT_HEADER_BUFFERS (4 8k), NGINX_UPSTREAM_KEEPALIVE (32),
 NGINX_UPSTREAM_KEEPALIVE_TIMEOUT (60s), NGINX_MIME_TYPES (/etc/nginx/mime.types).
+NGINX_TRUSTED_PROXIES (none): comma-separated addresses or networks of a proxy in front of nginx
+(a load balancer that ends TLS); from them only, nginx takes the client address from
+X-Forwarded-For and the scheme from X-Forwarded-Proto.
 NGINX_BINARY names the nginx executable when it is not found on PATH or in /usr/sbin.
 """
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -233,6 +237,32 @@ def access_log(target: Target, env: Mapping[str, str], run: str) -> str:
     return f"{path} dualserve buffer=64k flush=1s"
 
 
+def trusted_proxies(env: Mapping[str, str]) -> list[str]:
+    """Return NGINX_TRUSTED_PROXIES as networks nginx accepts; raise ConfigError."""
+    raw = env.get("NGINX_TRUSTED_PROXIES", "")
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                f"NGINX_TRUSTED_PROXIES: {item!r} is not an IP address or network."
+            ) from None
+    return networks
+
+
+def proxy_trust_lines(networks: Sequence[str]) -> tuple[str, str]:
+    """Return the realip directives and the geo entries for the trusted proxies."""
+    if not networks:
+        return "    # (no trusted proxy)", "        # (no trusted proxy)"
+    real_ip = [f"    set_real_ip_from {network};" for network in networks]
+    real_ip += ["    real_ip_header X-Forwarded-For;", "    real_ip_recursive on;"]
+    geo = [f"        {network} 1;" for network in networks]
+    return "\n".join(real_ip), "\n".join(geo)
+
+
 def values(target: Target, env: Mapping[str, str]) -> dict[str, str]:
     """Return every placeholder of the template for `target`, validated."""
     if target not in TARGETS:
@@ -274,6 +304,7 @@ def values(target: Target, env: Mapping[str, str]) -> dict[str, str]:
     if tuning["WORKER_PROCESSES"] != "auto":
         checked("NGINX_WORKER_PROCESSES", tuning["WORKER_PROCESSES"], COUNT_RE, "auto or a number")
     tuning["MIME_TYPES"] = absolute_path("NGINX_MIME_TYPES", tuning["MIME_TYPES"])
+    real_ip, trusted = proxy_trust_lines(trusted_proxies(env))
     return {
         **{name: str(number) for name, number in chosen_ports.items()},
         **upstreams,
@@ -289,6 +320,8 @@ def values(target: Target, env: Mapping[str, str]) -> dict[str, str]:
         "ACCESS_LOG": access_log(target, env, run),
         "SERVER_NAMES": server_names(env),
         "USER_DIRECTIVE": user_directive(target, env, static),
+        "REAL_IP_DIRECTIVES": real_ip,
+        "TRUSTED_PROXY_ENTRIES": trusted,
     }
 
 

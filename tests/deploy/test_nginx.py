@@ -3,6 +3,7 @@ routes, streams, serves static files and overwrites the forwarded headers."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -205,16 +206,16 @@ class EchoProxy:
         return f"http://127.0.0.1:{self.ports[entry]}{path}"
 
 
-@pytest.fixture(scope="module")
-def echo_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoProxy]:
+@contextlib.contextmanager
+def running_echo_proxy(directory: Path, **extra: str) -> Iterator[EchoProxy]:
+    """Run nginx in front of an echo server, with `extra` deploy.nginx values."""
     binary = require_nginx()
     echo = EchoServer(("127.0.0.1", 0), EchoHandler)
     thread = threading.Thread(target=echo.serve_forever, name="echo-upstream", daemon=True)
     thread.start()
     upstream = f"127.0.0.1:{echo.server_address[1]}"
     ports = nginx_ports()
-    directory = tmp_path_factory.mktemp("echo-nginx")
-    env = {**ports, "WSGI_UPSTREAM": upstream, "ASGI_UPSTREAM": upstream}
+    env = {**ports, "WSGI_UPSTREAM": upstream, "ASGI_UPSTREAM": upstream, **extra}
     env["NGINX_RUN_DIR"] = str(directory)
     try:
         config = write_config(directory, "local", env)
@@ -227,6 +228,12 @@ def echo_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoProxy]:
         echo.shutdown()
         echo.server_close()
         thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def echo_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoProxy]:
+    with running_echo_proxy(tmp_path_factory.mktemp("echo-nginx")) as proxy:
+        yield proxy
 
 
 def echoed(response: httpx.Response) -> dict[str, Any]:
@@ -271,6 +278,37 @@ def test_forwarded_headers_are_nginx_own_whatever_the_client_sends(
     assert NGINX_REQUEST_ID.fullmatch(headers["x-request-id"][0])
     for dropped in ("x-forwarded-ssl", "x-forwarded-protocol", "forwarded", "x_forwarded_proto"):
         assert dropped not in headers
+
+
+@pytest.mark.serving
+def test_a_trusted_proxy_in_front_passes_on_the_client_address_and_scheme(
+    tmp_path: Path,
+) -> None:
+    claims = {"X-Forwarded-For": f"198.51.100.7, {FORGED_CLIENT_IP}", "X-Forwarded-Proto": "https"}
+    with running_echo_proxy(tmp_path, NGINX_TRUSTED_PROXIES="127.0.0.1") as proxy:
+        url = proxy.url("hybrid", "/anything/")
+        # From the trusted address (the load balancer): its view of the client and scheme.
+        trusted = echoed(httpx.get(url, headers=claims))["headers"]
+        # From any other address (127.0.0.2 is loopback too): nginx's own view, as before.
+        transport = httpx.HTTPTransport(local_address="127.0.0.2")
+        with httpx.Client(transport=transport) as client:
+            other = echoed(client.get(url, headers=claims))["headers"]
+    # real_ip_recursive: the rightmost address not itself trusted is the client.
+    assert trusted["x-forwarded-for"] == [FORGED_CLIENT_IP]
+    assert trusted["x-real-ip"] == [FORGED_CLIENT_IP]
+    assert trusted["x-forwarded-proto"] == ["https"]
+    assert other["x-forwarded-for"] == ["127.0.0.2"]
+    assert other["x-forwarded-proto"] == ["http"]
+
+
+def test_trusted_proxies_are_rendered_only_when_set() -> None:
+    base = {"NGINX_RUN_DIR": "/tmp/dualserve-nginx"}
+    assert "set_real_ip_from" not in nginx.render("local", base)
+    text = nginx.render("local", {**base, "NGINX_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
+    assert "set_real_ip_from 10.0.0.0/8;" in text
+    assert "set_real_ip_from 192.0.2.1/32;" in text
+    with pytest.raises(nginx.ConfigError, match=r"NGINX_TRUSTED_PROXIES: 'lb\.example'"):
+        nginx.render("local", {**base, "NGINX_TRUSTED_PROXIES": "lb.example"})
 
 
 @pytest.mark.serving
