@@ -9,6 +9,11 @@ the request being HTTPS, not on the redirect, and are tested with a request mark
 trusted proxy: X-Forwarded-Proto from 127.0.0.1, which gunicorn and uvicorn trust through
 forwarded_allow_ips and turn into the request's scheme. The same header from 127.0.0.2, a
 peer outside forwarded_allow_ips, must not make a request HTTPS.
+
+nginx runs as it would behind a load balancer that ends TLS: NGINX_TRUSTED_PROXIES=127.0.0.1,
+so a client connecting from 127.0.0.1 plays the balancer (its X-Forwarded-Proto is passed on)
+and a client from 127.0.0.2 plays anyone else on the internet (its claim is replaced by nginx's
+own scheme). Linux routes all of 127.0.0.0/8 to loopback.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ EXPECTED_HEADERS = {
     ),
 }
 HSTS = "max-age=31536000; includeSubDomains; preload"
+BALANCER = "127.0.0.1"
+OUTSIDER = "127.0.0.2"
+CLAIM_HTTPS = {"X-Forwarded-Proto": "https"}
 FOREIGN_ORIGIN = "https://evil.example"
 LOGIN_PATH = "/admin/login/"
 CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
@@ -90,6 +98,7 @@ def stack(
         var_dir,
         tmp_path_factory.mktemp("stack"),
         server_env={**PRODUCTION, "WEB_CONCURRENCY": "1"},
+        nginx_env={"NGINX_TRUSTED_PROXIES": BALANCER},
     ) as running:
         yield running
 
@@ -97,6 +106,11 @@ def stack(
 def direct_url(stack: Stack, interface: str, path: str) -> str:
     """Return the URL of `path` on the WSGI or ASGI server itself, not through nginx."""
     return stack.server(interface).base_url + path
+
+
+def client_from(source: str) -> httpx.Client:
+    """Return a client whose connections come from the loopback address `source`."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=20)
 
 
 def assert_security_headers(response: httpx.Response) -> None:
@@ -119,6 +133,20 @@ def test_every_answer_through_nginx_carries_the_security_headers(stack: Stack, e
             assert_security_headers(response)
             # Plain HTTP: a browser ignores HSTS there, and Django must not send it.
             assert "strict-transport-security" not in response.headers, path
+        # What nginx answers itself: a static file, and its own 404 for a missing one.
+        stylesheet = re.search(
+            r'<link rel="stylesheet" href="([^"]+)"', client.get(stack.url(entry, "/")).text
+        )
+        assert stylesheet
+        for path, status in ((stylesheet[1], 200), ("/static/no-such-file.css", 404)):
+            response = client.get(stack.url(entry, path))
+            assert response.status_code == status, path
+            assert response.headers["server"] == "nginx"
+            found = {name: response.headers.get(name) for name in EXPECTED_HEADERS}
+            policy = found.pop("content-security-policy") or ""
+            assert found == {k: EXPECTED_HEADERS[k] for k in found}, path
+            assert "frame-ancestors 'none'" in policy, path
+            assert "unsafe" not in policy, path
 
 
 @pytest.mark.serving
@@ -164,11 +192,14 @@ def test_a_peer_outside_forwarded_allow_ips_cannot_claim_https(
 
 
 @pytest.mark.serving
-def test_a_client_cannot_claim_https_through_nginx(stack: Stack) -> None:
-    # nginx overwrites X-Forwarded-Proto with its own scheme: no HSTS, and Django sees http.
-    response = httpx.get(stack.url("hybrid", "/"), headers={"X-Forwarded-Proto": "https"})
-    assert "strict-transport-security" not in response.headers
-    assert '<strong id="scheme">http</strong>' in response.text
+def test_through_nginx_only_the_balancer_can_say_https(stack: Stack) -> None:
+    url = stack.url("hybrid", "/")
+    for source, scheme in ((OUTSIDER, "http"), (BALANCER, "https")):
+        with client_from(source) as client:
+            response = client.get(url, headers=CLAIM_HTTPS)
+        assert f'<strong id="scheme">{scheme}</strong>' in response.text, source
+        assert ("strict-transport-security" in response.headers) is (scheme == "https")
+        assert_security_headers(response)
 
 
 # --- The index page under its own policy ----------------------------------------------------------
@@ -228,23 +259,29 @@ def assert_csrf_passed(response: httpx.Response) -> None:
 @pytest.mark.serving
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ["wsgi", "asgi"])
-def test_csrf_through_nginx_same_origin_passes_foreign_origin_is_refused(
-    stack: Stack, entry: str
-) -> None:
+def test_csrf_through_nginx_behind_a_tls_balancer(stack: Stack, entry: str) -> None:
     url = stack.url(entry, LOGIN_PATH)
-    origin = stack.url(entry, "")
-    with httpx.Client(timeout=20) as client:
-        assert_csrf_passed(post_login(client, url, origin, {}))
-        refused = post_login(client, url, FOREIGN_ORIGIN, {})
+    https_origin = stack.url(entry, "").replace("http://", "https://")
+    with client_from(BALANCER) as balancer:
+        assert_csrf_passed(post_login(balancer, url, https_origin, CLAIM_HTTPS))
+        refused = post_login(balancer, url, FOREIGN_ORIGIN, CLAIM_HTTPS)
         assert refused.status_code == 403
         # DEBUG is off, so the reason is in the server's log (django.security.csrf), not the page.
         reason = f"Origin checking failed - {FOREIGN_ORIGIN} does not match any trusted origins"
         assert stack.server(entry).wait_for_output(re.escape(reason), timeout=10)
-        # nginx says http whatever the client claims: an https Origin does not match.
-        claimed = post_login(
-            client, url, origin.replace("http://", "https://"), {"X-Forwarded-Proto": "https"}
-        )
-        assert claimed.status_code == 403
+    with client_from(OUTSIDER) as outsider:
+        # Anyone else's claim is replaced by nginx's http: an https Origin is another origin.
+        assert post_login(outsider, url, https_origin, CLAIM_HTTPS).status_code == 403
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ["wsgi", "asgi"])
+def test_csrf_through_nginx_over_plain_http(stack: Stack, entry: str) -> None:
+    url = stack.url(entry, LOGIN_PATH)
+    with client_from(OUTSIDER) as client:
+        assert_csrf_passed(post_login(client, url, stack.url(entry, ""), {}))
+        assert post_login(client, url, FOREIGN_ORIGIN, {}).status_code == 403
 
 
 @pytest.mark.serving
