@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from gunicorn.workers import gthread
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import ThreadWorker as StockThreadWorker
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker as StockUvicornWorker
 
 Scope = MutableMapping[str, Any]
@@ -69,6 +70,44 @@ class ThreadWorker(StockThreadWorker):  # type: ignore[misc]  # untyped base (no
         return bool(conn.parser.finish_body(deadline=deadline, max_bytes=UNREAD_BODY_DRAIN_BYTES))
 
 
+# Seconds a connection accepted before a shutdown gets to deliver its request.
+SHUTDOWN_REQUEST_GRACE = 2.0
+
+
+class DrainingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, serving the request already on its way at shutdown.
+
+    At a graceful shutdown uvicorn closes every connection whose request it has not parsed yet
+    (`HttpToolsProtocol.shutdown`: `cycle is None` -> close), including one it accepted a moment
+    ago whose request still sits unread in the socket: that client gets a reset, not an answer.
+    Measured with SIGHUP under load (8 clients, fresh connections): 2 requests lost per reload
+    with the stock protocol, 0 with this one. Such a connection now gets
+    SHUTDOWN_REQUEST_GRACE s to deliver one request, served with `Connection: close`; an idle
+    keep-alive connection is still closed at once (a client retries those).
+    """
+
+    draining = False
+
+    def shutdown(self) -> None:
+        """Close idle keep-alive connections; let a fresh one deliver its request first."""
+        if self.cycle is None and not self.transport.is_closing():
+            self.draining = True
+            self.loop.call_later(SHUTDOWN_REQUEST_GRACE, self.close_if_unused)
+            return
+        super().shutdown()
+
+    def close_if_unused(self) -> None:
+        """Close the connection if no request has begun on it since the shutdown."""
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        """Serve the request as usual, and close the connection after it when draining."""
+        super().on_headers_complete()
+        if self.draining and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+
 class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (no py.typed)
     """uvicorn_worker.UvicornWorker with uvloop, httptools and the settings it drops.
 
@@ -97,7 +136,8 @@ class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         # Explicit, so a missing uvloop or httptools fails the start instead of falling back.
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, serving the requests already on their way when a shutdown begins.
+        "http": DrainingHttpToolsProtocol,
         "lifespan": "on",
         # GunicornAccessLog below writes the line in gunicorn's configured format.
         "access_log": False,

@@ -18,11 +18,17 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker as StockThreadWorker
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from deploy.gunicorn import common
 from deploy.hostile.replay import parse_responses
 from deploy.servers import INHERITED_SETTINGS, start_mode
-from deploy.workers import GunicornAccessLog, ThreadWorker, UvicornWorker
+from deploy.workers import (
+    DrainingHttpToolsProtocol,
+    GunicornAccessLog,
+    ThreadWorker,
+    UvicornWorker,
+)
 
 Message = dict[str, Any]
 
@@ -174,7 +180,10 @@ def test_uvicorn_worker_passes_on_what_the_stock_class_drops(
     worker = UvicornWorker(0, os.getpid(), [], None, 30, cfg, make_logger(cfg))
     try:
         config = worker.config
-        assert (config.loop, config.http, config.lifespan) == ("uvloop", "httptools", "on")
+        assert (config.loop, config.lifespan) == ("uvloop", "on")
+        # httptools, through the subclass that serves a request on its way at shutdown.
+        assert config.http is DrainingHttpToolsProtocol
+        assert issubclass(config.http, HttpToolsProtocol)
         assert config.limit_concurrency == 321
         assert config.timeout_graceful_shutdown == 16
         assert config.timeout_keep_alive == 75

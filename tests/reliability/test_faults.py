@@ -258,24 +258,9 @@ def figure(text: str) -> None:
 # --- SIGHUP under load ----------------------------------------------------------------------------
 
 
-# uvicorn closes, at shutdown, every connection it has accepted but whose request it has not
-# read yet (httptools_impl.HttpToolsProtocol.shutdown: `cycle is None` -> transport.close()):
-# each old worker drops the requests already on their way to it. Measured: 2 per reload (4 of
-# 4 runs), 0 with the protocol subclass proposed in the reliability report. Strict: once that
-# fix ships, this XPASSes and fails until the mark is removed.
-UVICORN_DROPS_UNREAD_REQUESTS = pytest.mark.xfail(
-    reason="uvicorn's shutdown closes accepted connections whose request is not read yet",
-    strict=True,
-)
-SIGHUP_MODES = [
-    pytest.param(mode, marks=UVICORN_DROPS_UNREAD_REQUESTS) if mode == "asgi_uvicorn" else mode
-    for mode in MODES
-]
-
-
 @pytest.mark.serving
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", SIGHUP_MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_sighup_reload_under_load_fails_no_request(
     mode: str, server_env: Env, tmp_path: Path
 ) -> None:
