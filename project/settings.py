@@ -304,7 +304,10 @@ LOG_LEVEL = os.environ.get("DJANGO_LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "apps.core.logging.RequestIDFilter"}},
+    "filters": {
+        "request_id": {"()": "apps.core.logging.RequestIDFilter"},
+        "no_traceback": {"()": "apps.core.logging.DropTracebackFilter"},
+    },
     "formatters": {
         "default": {
             "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
@@ -316,8 +319,18 @@ LOGGING = {
             "filters": ["request_id"],
             "formatter": "default",
         },
+        # Django logs every refused request here (bad Host, too many fields, body too large)
+        # with its traceback: one line each instead, so a scan cannot flood the log.
+        "security": {
+            "class": "logging.StreamHandler",
+            "filters": ["request_id", "no_traceback"],
+            "formatter": "default",
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # httpx logs every request at INFO: one line per upstream call of the showcase.
-    "loggers": {"httpx": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "django.security": {"handlers": ["security"], "level": "INFO", "propagate": False},
+    },
 }

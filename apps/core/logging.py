@@ -16,3 +16,19 @@ class RequestIDFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         return True
+
+
+class DropTracebackFilter(logging.Filter):
+    """Keep a record's message but drop its traceback.
+
+    For `django.security`: Django logs every refused request (a bad Host, too many form
+    fields, a body over the limit) there with the exception attached, so each hostile request
+    would print ~40 lines and one client could flood the log. The message alone names the
+    check and the request ID ties it to the access log line. A handler filter, because a
+    logger's own filters do not apply to its children (django.security.DisallowedHost, ...).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
