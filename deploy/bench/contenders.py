@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +148,33 @@ def pinned(argv: Sequence[str], cpus: Sequence[int]) -> list[str]:
     return [taskset, "-c", ",".join(map(str, cpus)), *argv]
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block; deliver them when it ends.
+
+    Between a child's fork and the caller knowing its PID, a Ctrl-C would leave a server
+    nobody stops (seen in the interrupt test on a busy machine: an orphaned gunicorn).
+    Handlers, not a blocked signal mask: a child inherits the mask across exec, and a
+    gunicorn started with SIGTERM blocked never stops.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals in Python
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
 def launch(
     argv_for_port: ArgvForPort,
     *,
@@ -153,11 +182,14 @@ def launch(
     workdir: Path,
     health_path: str = servers.HEALTH_PATH,
     timeout: float = START_TIMEOUT,
+    on_spawn: Callable[[servers.Server], object] | None = None,
 ) -> servers.Server:
     """Start a server on a free loopback port; return once `health_path` answers 200.
 
     `argv_for_port(port)` returns the command and its environment overrides. A port taken
-    between choosing and binding it is retried, as deploy.servers does.
+    between choosing and binding it is retried, as deploy.servers does. `on_spawn(server)`
+    runs as soon as the process exists, before anything can interrupt: register it there
+    for clean-up.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, servers.BIND_ATTEMPTS + 1):
@@ -167,7 +199,7 @@ def launch(
             {"XDG_RUNTIME_DIR": str(workdir), **env, **extra_env}
         )
         log_path = workdir / f"server-{port}.log"
-        with log_path.open("wb") as log_file:
+        with interrupts_held(), log_path.open("wb") as log_file:
             process = subprocess.Popen(  # noqa: S603  (argv built by this module)
                 argv,
                 cwd=servers.REPO_ROOT,
@@ -177,7 +209,9 @@ def launch(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        server = servers.Server(argv, process, port, log_path)
+            server = servers.Server(argv, process, port, log_path)
+            if on_spawn is not None:
+                on_spawn(server)
         try:
             server.wait_healthy(timeout=timeout, path=health_path)
         except servers.ServerError:

@@ -8,6 +8,7 @@ The report says where each ran.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from deploy import nginx, servers
@@ -43,7 +44,11 @@ def nginx_env(
 
 
 def start_nginx(
-    upstream: servers.Server, interface: str, workdir: Path, cpus: tuple[int, ...]
+    upstream: servers.Server,
+    interface: str,
+    workdir: Path,
+    cpus: tuple[int, ...],
+    on_spawn: Callable[[servers.Server], object] | None = None,
 ) -> tuple[servers.Server, str]:
     """Start nginx in front of `upstream`; return it and the rendered config's text."""
     binary = nginx.nginx_binary()
@@ -65,15 +70,26 @@ def start_nginx(
         holder["config"] = text
         return pinned(nginx.nginx_command(binary, config, "-g", "daemon off;"), cpus), {}
 
-    server = launch(argv_for_port, env={}, workdir=workdir, timeout=30.0)
+    server = launch(argv_for_port, env={}, workdir=workdir, timeout=30.0, on_spawn=on_spawn)
     return server, holder["config"]
 
 
-def start_upstream(workdir: Path, cpus: tuple[int, ...]) -> servers.Server:
+def start_upstream(
+    workdir: Path,
+    cpus: tuple[int, ...],
+    on_spawn: Callable[[servers.Server], object] | None = None,
+) -> servers.Server:
     """Start the showcase upstream (`python -m apps.showcase.upstream`) on a free port."""
 
     def argv_for_port(port: int) -> tuple[list[str], dict[str, str | None]]:
         argv = [sys.executable, "-m", "apps.showcase.upstream", "--host", servers.HOST]
         return pinned([*argv, "--port", str(port)], cpus), {}
 
-    return launch(argv_for_port, env={}, workdir=workdir, health_path="/?ms=0", timeout=30.0)
+    return launch(
+        argv_for_port,
+        env={},
+        workdir=workdir,
+        health_path="/?ms=0",
+        timeout=30.0,
+        on_spawn=on_spawn,
+    )

@@ -176,8 +176,10 @@ class Runner:
             if done.returncode != 0:
                 raise BenchError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
         if "upstream" in self.plan.scenarios:
-            self.upstream = self.register(
-                "upstream", start_upstream(self.workdir / "upstream", self.options.load_cpus)
+            self.upstream = start_upstream(
+                self.workdir / "upstream",
+                self.options.load_cpus,
+                on_spawn=lambda started: self.register("upstream", started),
             )
             self.env["SHOWCASE_UPSTREAM_URL"] = self.upstream.base_url + "/"
             self.commands["upstream"] = self.upstream.argv
@@ -189,7 +191,12 @@ class Runner:
             contender, workers, self.options.threads, self.options.server_cpus
         )
         workdir = self.workdir / "servers" / tag
-        server = self.register(contender.name, launch(command, env=self.env, workdir=workdir))
+        server = launch(
+            command,
+            env=self.env,
+            workdir=workdir,
+            on_spawn=lambda started: self.register(contender.name, started),
+        )
         # Let the workers finish booting (gunicorn answers once the first one is up).
         time.sleep(0.5)
         rest = procs.snapshot(server.pid)
@@ -256,8 +263,8 @@ class Runner:
                 contender.interface,
                 self.workdir / "nginx" / contender.name,
                 self.options.load_cpus,
+                on_spawn=lambda started: self.register(f"nginx for {contender.name}", started),
             )
-            self.register(f"nginx for {contender.name}", front)
             self.commands.setdefault("nginx", {"argv": front.argv, "config": config})
         if self.options.warmup_s >= 1:
             self.warm_up(server, group)

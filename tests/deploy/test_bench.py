@@ -27,6 +27,7 @@ from deploy.bench.contenders import (
     Contender,
     ContenderError,
     ContenderLaunch,
+    interrupts_held,
     launch,
     parse_modes,
 )
@@ -801,3 +802,20 @@ def test_stop_all_stops_a_registered_server(tmp_path: Path) -> None:
     stopped = runner.stop_all()
     assert stopped == [f"bare (pid {server.pid}, exit 0)"]
     assert not [pid for pid in workers if pid_alive(pid)]
+
+
+def test_an_interrupt_while_a_server_is_spawned_waits_until_it_is_registered() -> None:
+    steps: list[str] = []
+
+    def spawn_and_register() -> None:
+        with interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            steps.append("registered")  # the block still runs to its end
+        steps.append("after the block")  # never reached: the interrupt is delivered first
+
+    with pytest.raises(KeyboardInterrupt):
+        spawn_and_register()
+    assert steps == ["registered"]
+    # And the handlers are back: a plain SIGINT interrupts at once again.
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
