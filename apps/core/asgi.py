@@ -9,6 +9,8 @@ first of them and joins it at the end. `PooledThreadASGIHandler` removes both co
 - Threads are pooled. Each request gets a one-thread executor from a small pool (asgiref
   3.13's `ThreadSensitiveContext(executor=...)`): still one thread per request, so all sync
   code of a request runs on one thread, as Django requires (connections are per thread).
+  A pooled thread keeps its database connections between requests (CONN_MAX_AGE applies as
+  under WSGI); a thread retired from the pool closes them first.
 - The hops are deferred, not dropped. When the only receivers connected are Django's own
   thread-local housekeeping (`close_old_connections`, `reset_queries`, `reset_urlconf`,
   `close_caches`), the `request_started` receivers run on the request's thread just before
@@ -40,7 +42,7 @@ from django.core.cache import close_caches
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import reset_urlconf
-from django.db import close_old_connections, reset_queries
+from django.db import close_old_connections, connections, reset_queries
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix
@@ -94,6 +96,9 @@ class RequestExecutor(ThreadPoolExecutor):
     def __init__(self, name: str) -> None:
         super().__init__(max_workers=1, thread_name_prefix=name)
         self.used = False
+        # Whether any request ever ran a job here: then the thread exists and may hold
+        # database connections.
+        self.started = False
         self._prologue: Callable[[], object] | None = None
 
     def begin(self, prologue: Callable[[], object] | None = None) -> None:
@@ -102,7 +107,7 @@ class RequestExecutor(ThreadPoolExecutor):
         self._prologue = prologue
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        self.used = True
+        self.used = self.started = True
         prologue, self._prologue = self._prologue, None
         if prologue is None:
             return super().submit(fn, *args, **kwargs)
@@ -132,13 +137,17 @@ class ExecutorPool:
             return RequestExecutor(f"django-request-{next(self._numbers)}")
 
     def release(self, executor: RequestExecutor) -> None:
-        """Keep `executor` for a later request, or shut it down when enough are idle."""
+        """Keep `executor` for a later request, or retire it when enough are idle."""
         executor.begin()  # drop an unused deferred prologue: it belonged to that request
         if len(self._idle) < self.max_idle:
             self._idle.append(executor)
-        else:
-            # wait=False: the loop must not block; the thread ends after its current call.
-            executor.shutdown(wait=False)
+            return
+        if executor.started:
+            # Its thread may hold persistent database connections (CONN_MAX_AGE): close them
+            # there, as the thread's last job, rather than strand them when it ends.
+            executor.submit(connections.close_all)
+        # wait=False: the loop must not block; the thread ends after its queued calls.
+        executor.shutdown(wait=False)
 
     def __len__(self) -> int:
         return len(self._idle)

@@ -307,3 +307,30 @@ class RequestExecutorTests(SimpleTestCase):
             self.assertFalse(only_thread_local_receivers(request_started, PooledThreadASGIHandler))
         finally:
             request_started.disconnect(receiver)
+
+
+class RetiredThreadTests(TransactionTestCase):
+    databases: ClassVar[set[str]] = {"default"}
+
+    def test_a_retired_thread_closes_its_database_connections_first(self) -> None:
+        from django.db import connections
+        from django.db.backends.sqlite3.base import DatabaseWrapper
+
+        pool = ExecutorPool(max_idle=0)
+        executor = pool.acquire()
+        executor.begin()
+        closed_on: list[str] = []
+        original = DatabaseWrapper.close
+
+        def recorded(wrapper: DatabaseWrapper) -> None:
+            closed_on.append(threading.current_thread().name)
+            original(wrapper)
+
+        thread = executor.submit(lambda: threading.current_thread().name).result(5)
+        # Opened on the executor's thread (connections are per thread).
+        executor.submit(lambda: connections["default"].ensure_connection()).result(5)
+        with mock.patch.object(DatabaseWrapper, "close", recorded):
+            pool.release(executor)  # over max_idle: retired
+            executor.shutdown(wait=True)
+        self.assertEqual(len(pool), 0)
+        self.assertIn(thread, closed_on)

@@ -97,9 +97,13 @@ class SettingsProcessTests(SimpleTestCase):
         self.assertGreater(options["timeout"], 0)
         self.assertIs(loaded["ATOMIC_REQUESTS"], False)
 
-    def test_conn_max_age_follows_the_interface(self) -> None:
+    def test_conn_max_age_persists_except_on_djangos_own_asgi_handler(self) -> None:
         self.assertEqual(self.settings_with(DJANGO_INTERFACE="wsgi")["CONN_MAX_AGE"], 60)
-        self.assertEqual(self.settings_with(DJANGO_INTERFACE="asgi")["CONN_MAX_AGE"], 0)
+        # The template's handler reuses its request threads (apps.core.asgi).
+        self.assertEqual(self.settings_with(DJANGO_INTERFACE="asgi")["CONN_MAX_AGE"], 60)
+        # Django's handler starts a thread per request: a kept connection would be stranded.
+        stock = self.settings_with(DJANGO_INTERFACE="asgi", DUALSERVE_PROFILE="stock")
+        self.assertEqual(stock["CONN_MAX_AGE"], 0)
         self.assertEqual(
             self.settings_with(DJANGO_INTERFACE="wsgi", DJANGO_CONN_MAX_AGE="5")["CONN_MAX_AGE"],
             5,
