@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -764,6 +765,9 @@ def test_sigint_stops_the_run_and_every_server(tmp_path: Path) -> None:
         text=True,
         # TMPDIR: the interrupted run keeps its work directory; keep it in tmp_path.
         env={**os.environ, "COLUMNS": "200", "TMPDIR": str(tmp_path)},
+        # A shell starts background jobs with SIGINT ignored, and a child inherits that: give
+        # the run Ctrl-C's default, as a terminal would.
+        preexec_fn=default_sigint,
     )
     try:
         assert process.stdout is not None
@@ -781,6 +785,8 @@ def test_sigint_stops_the_run_and_every_server(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
     assert process.returncode == cli.EXIT_INTERRUPTED, seen + rest
     assert "interrupted" in rest
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -804,6 +810,20 @@ def test_stop_all_stops_a_registered_server(tmp_path: Path) -> None:
     assert not [pid for pid in workers if pid_alive(pid)]
 
 
+def default_sigint() -> None:
+    """Give SIGINT its default action (in a child, before exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Make SIGINT raise KeyboardInterrupt here, even if this run was started ignoring it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_an_interrupt_while_a_server_is_spawned_waits_until_it_is_registered() -> None:
     steps: list[str] = []
 
