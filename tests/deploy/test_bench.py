@@ -783,8 +783,14 @@ def test_sigint_stops_the_run_and_every_server(tmp_path: Path) -> None:
         rest, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            # SIGTERM first: the run turns it into the same clean-up as Ctrl-C, so a failing
+            # test does not orphan the servers it started (SIGKILL would).
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         if process.stdout is not None:
             process.stdout.close()
     assert process.returncode == cli.EXIT_INTERRUPTED, seen + rest
