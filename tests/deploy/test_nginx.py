@@ -28,7 +28,6 @@ from deploy.stack import (
     ENTRIES,
     ENTRY_PORT_NAMES,
     Stack,
-    prepare_var_dir,
     start_nginx,
     start_stack,
 )
@@ -342,12 +341,6 @@ def test_chunked_body_reaches_upstream_whole_with_a_content_length(echo_proxy: E
 
 
 # --- Real servers behind nginx --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Return a state directory with a migrated database and collected static files."""
-    return prepare_var_dir(tmp_path_factory.mktemp("var"))
 
 
 @pytest.fixture(scope="module", params=MODE_PAIRS, ids="+".join)

@@ -46,7 +46,7 @@ from django.urls import include, path
 
 from deploy import nginx, servers
 from deploy.servers import MODES, Server, interface_of_mode, mode_config, start, start_mode
-from deploy.stack import prepare_var_dir, start_nginx, start_stack
+from deploy.stack import start_nginx, start_stack
 from tests.reliability.load import BackgroundLoad, LoadResult
 from tests.support import http_scope, require_nginx
 
@@ -195,12 +195,6 @@ class DisconnectTests(TransactionTestCase):
 
 
 # --- Real processes: helpers ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Return a migrated state directory (SQLite, static files) shared by this module's servers."""
-    return prepare_var_dir(tmp_path_factory.mktemp("faults-var"))
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import httpx
 import pytest
 from packaging.utils import canonicalize_name
 
-from deploy.stack import Stack, prepare_var_dir, start_stack
+from deploy.stack import Stack, start_stack
 from tests.core.test_csp import page_violations
 from tests.support import require_nginx
 
@@ -78,12 +78,6 @@ PATHS = {
     "/no/such/page/": 404,
     LOGIN_PATH: 200,
 }
-
-
-@pytest.fixture(scope="module")
-def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Return a state directory with a migrated database and collected static files."""
-    return prepare_var_dir(tmp_path_factory.mktemp("var"))
 
 
 @pytest.fixture(scope="module", params=MODE_PAIRS, ids="+".join)

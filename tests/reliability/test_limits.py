@@ -30,7 +30,7 @@ import httpx
 import pytest
 from django.conf import settings
 
-from deploy.stack import Stack, prepare_var_dir, start_stack
+from deploy.stack import Stack, start_stack
 from tests.reliability.slowclients import (
     CLOSED_BY_PEER,
     NOT_CONNECTED,
@@ -85,18 +85,12 @@ FORM = "application/x-www-form-urlencoded"
 # --- Fixtures and helpers ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Return one migrated state directory with static files, shared by both stacks."""
-    require_nginx()
-    return prepare_var_dir(tmp_path_factory.mktemp("limits-var"))
-
-
 @pytest.fixture(scope="module", params=MODE_PAIRS, ids=["+".join(pair) for pair in MODE_PAIRS])
 def stack(
     request: pytest.FixtureRequest, var_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """Return a running stack with nginx's short client timeouts and small body limit."""
+    require_nginx()
     wsgi_mode, asgi_mode = request.param
     directory = tmp_path_factory.mktemp(f"limits-{wsgi_mode}")
     with start_stack(
