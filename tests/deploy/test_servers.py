@@ -89,14 +89,22 @@ def test_stop_ends_master_and_workers_and_keeps_the_output(tmp_path: Path) -> No
 
 @pytest.mark.serving
 def test_stop_ends_the_workers_of_a_master_that_died(tmp_path: Path) -> None:
-    server = start_mode("wsgi_sync", env={**ENV, "DJANGO_VAR_DIR": str(tmp_path)}, workdir=tmp_path)
-    workers = children_of(server.pid)
-    assert len(workers) == 2
-    os.kill(server.pid, signal.SIGKILL)  # a master killed from outside leaves its workers
-    assert wait_for(lambda: not server.running())
-    assert all(is_alive(pid) for pid in workers)
-    assert server.stop() == -signal.SIGKILL
-    assert wait_for(lambda: not any(is_alive(pid) for pid in workers))
+    with start_mode(
+        "wsgi_sync", env={**ENV, "DJANGO_VAR_DIR": str(tmp_path)}, workdir=tmp_path
+    ) as server:
+        # A sync worker checks its parent as it enters its accept loop, then only every
+        # timeout / 2 s (15 s here): one still booting when the master dies leaves by itself
+        # (CI caught that once), which would prove nothing about stop(). So the master dies
+        # once both workers are ready and have had a moment to reach their 15 s wait.
+        assert server.wait_for_output(r"Worker ready \(pid: \d+\)", count=2), server.tail()
+        workers = children_of(server.pid)
+        assert len(workers) == 2
+        time.sleep(1)
+        os.kill(server.pid, signal.SIGKILL)  # a master killed from outside leaves its workers
+        assert wait_for(lambda: not server.running())
+        assert all(is_alive(pid) for pid in workers)
+        assert server.stop() == -signal.SIGKILL
+        assert wait_for(lambda: not any(is_alive(pid) for pid in workers))
 
 
 @pytest.mark.serving
