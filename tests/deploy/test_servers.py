@@ -78,13 +78,15 @@ def test_a_server_that_cannot_start_is_reported_with_its_output(tmp_path: Path) 
 
 @pytest.mark.serving
 def test_stop_ends_master_and_workers_and_keeps_the_output(tmp_path: Path) -> None:
-    server = start_mode("wsgi_sync", env={**ENV, "DJANGO_VAR_DIR": str(tmp_path)}, workdir=tmp_path)
-    workers = children_of(server.pid)
-    assert len(workers) == 2
-    assert server.stop() == 0
-    assert not any(is_alive(pid) for pid in [server.pid, *workers])
-    assert "Shutting down: Master" in server.output()
-    assert server.log_path.parent == tmp_path
+    with start_mode(
+        "wsgi_sync", env={**ENV, "DJANGO_VAR_DIR": str(tmp_path)}, workdir=tmp_path
+    ) as server:
+        workers = children_of(server.pid)
+        assert len(workers) == 2
+        assert server.stop() == 0
+        assert not any(is_alive(pid) for pid in [server.pid, *workers])
+        assert "Shutting down: Master" in server.output()
+        assert server.log_path.parent == tmp_path
 
 
 @pytest.mark.serving
