@@ -604,10 +604,16 @@ def test_sse_disconnects_leak_nothing(mode: str, server_env: Env, tmp_path: Path
     # Flat: a leak of one object per disconnect would add a thousand.
     assert after.connections == 0
     # Persistent connections (CONN_MAX_AGE) stay open on the pooled request threads, one per
-    # thread (its database, -wal and -shm files): flat after the warm-up, never one per stream.
-    assert after.db_files <= before.db_files + 3, (before, after)
+    # thread (its database, -wal and -shm files), never one per stream. On a busy machine the
+    # pool may still grow after the warm-up (+2 threads in a run beside a CPU hog): each new
+    # thread may hold one connection, and one older thread may open its first.
+    assert after.db_files <= before.db_files + 3 * (max(after.threads - before.threads, 0) + 1), (
+        before,
+        after,
+    )
     assert after.db_files <= 3 * after.threads, after
-    assert after.fds <= before.fds + 5, (before, after)
+    # Other descriptors (the database files are bounded above).
+    assert after.fds - after.db_files <= before.fds - before.db_files + 5, (before, after)
     assert after.sockets <= before.sockets + 2, (before, after)
     assert after.threads <= before.threads + DISCONNECT_CONCURRENCY, (before, after)
     # A leaked request (its HttpRequest, task, generator and buffers) weighs tens of KiB.
