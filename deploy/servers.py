@@ -63,6 +63,12 @@ INHERITED_SETTINGS = (
 )
 
 
+# What deploy/gunicorn/common.py logs: the master listening (with the worker count), a worker
+# ready to serve.
+MASTER_READY = r"dualserve ready: .* workers=(\d+) "
+WORKER_READY = r"Worker ready \(pid: (\d+)\)"
+
+
 class ServerError(RuntimeError):
     """A server did not start or did not stop; the message carries the end of its output."""
 
@@ -137,6 +143,21 @@ class Server:
                 return len(regex.findall(self.output())) >= count
             time.sleep(0.05)
         return True
+
+    def wait_workers_ready(self, timeout: float = 60.0) -> bool:
+        """Wait up to `timeout` s until every worker of a template config logged it is ready.
+
+        A server answers once ONE worker is up; the others may still be importing Django.
+        The configs under deploy/gunicorn log `workers=N` when the master listens and
+        "Worker ready" per worker (deploy/gunicorn/common.py).
+        """
+        deadline = time.monotonic() + timeout
+        if not self.wait_for_output(MASTER_READY, timeout=timeout):
+            return False
+        match = re.search(MASTER_READY, self.output())
+        assert match is not None  # the wait above matched it
+        remaining = max(deadline - time.monotonic(), 0.0)
+        return self.wait_for_output(WORKER_READY, count=int(match[1]), timeout=remaining)
 
     def running(self) -> bool:
         """Return whether the process started has not exited yet (without reaping it)."""

@@ -141,6 +141,11 @@ def start_stack(
         cleanup.callback(wsgi.stop)
         asgi = servers.start_mode(asgi_mode, env=env, workdir=directory / "asgi")
         cleanup.callback(asgi.stop)
+        # Every worker up before the first request: a stack half booted serves requests late
+        # and on a busy machine can miss a test's timeout.
+        for server in (wsgi, asgi):
+            if not server.wait_workers_ready():
+                raise StackError(f"the workers of {server.mode} did not all boot:\n{server.tail()}")
         ports = {name: str(servers.free_port()) for name in ENTRY_PORT_NAMES.values()}
         run_dir = directory / "nginx"
         run_dir.mkdir(parents=True, exist_ok=True)

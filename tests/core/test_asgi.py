@@ -98,7 +98,8 @@ class PooledThreadHandlerTests(SimpleTestCase):
 
     async def test_concurrent_requests_get_their_own_threads(self) -> None:
         handler = PooledThreadASGIHandler()
-        threads = await asyncio.gather(*(thread_of(handler, sleep=0.2) for _ in range(4)))
+        # 1 s each: all four must hold their thread at once, even on a slow machine.
+        threads = await asyncio.gather(*(thread_of(handler, sleep=1.0) for _ in range(4)))
         self.assertEqual(len(set(threads)), 4)
 
     @override_settings(ASGI_IDLE_THREADS=2)

@@ -207,7 +207,13 @@ class SettingsProcessTests(SimpleTestCase):
             )
             for _ in range(4)
         ]
-        outputs = [writer.communicate(timeout=120) for writer in writers]
+        try:
+            outputs = [writer.communicate(timeout=120) for writer in writers]
+        finally:
+            for writer in writers:  # reap every writer, even after a timeout
+                if writer.poll() is None:
+                    writer.kill()
+                    writer.communicate()
         for writer, (out, err) in zip(writers, outputs, strict=True):
             self.assertEqual(writer.returncode, 0, err)
             self.assertEqual(out.strip(), "ok")

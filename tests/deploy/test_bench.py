@@ -808,10 +808,13 @@ def test_stop_all_stops_a_registered_server(tmp_path: Path) -> None:
         env={"GUNICORN_CMD_ARGS": None},
         workdir=tmp_path,
     )
-    runner.register("bare", server)
-    workers = procs.tree(server.pid)
-    assert len(workers) >= 2
-    stopped = runner.stop_all()
+    try:
+        runner.register("bare", server)
+        workers = procs.tree(server.pid)
+        assert len(workers) >= 2
+        stopped = runner.stop_all()
+    finally:
+        server.stop()  # reaped even when an assertion above fails (a no-op after stop_all)
     assert stopped == [f"bare (pid {server.pid}, exit 0)"]
     assert not [pid for pid in workers if pid_alive(pid)]
 

@@ -177,4 +177,6 @@ def test_control_socket_is_off_by_default_and_private_when_named(tmp_path: Path)
             while not path.is_socket() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert path.is_socket(), server.tail()
-            assert f"Control socket listening at {path}" in server.output()
+            # The master logs the line just after it creates the socket file.
+            listening = re.escape(f"Control socket listening at {path}")
+            assert server.wait_for_output(listening, timeout=10), server.tail()

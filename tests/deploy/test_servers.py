@@ -81,6 +81,7 @@ def test_stop_ends_master_and_workers_and_keeps_the_output(tmp_path: Path) -> No
     with start_mode(
         "wsgi_sync", env={**ENV, "DJANGO_VAR_DIR": str(tmp_path)}, workdir=tmp_path
     ) as server:
+        assert server.wait_workers_ready(), server.tail()
         workers = children_of(server.pid)
         assert len(workers) == 2
         assert server.stop() == 0
@@ -91,14 +92,13 @@ def test_stop_ends_master_and_workers_and_keeps_the_output(tmp_path: Path) -> No
 
 @pytest.mark.serving
 def test_stop_ends_the_workers_of_a_master_that_died(tmp_path: Path) -> None:
-    with start_mode(
-        "wsgi_sync", env={**ENV, "DJANGO_VAR_DIR": str(tmp_path)}, workdir=tmp_path
-    ) as server:
-        # A sync worker checks its parent as it enters its accept loop, then only every
-        # timeout / 2 s (15 s here): one still booting when the master dies leaves by itself
-        # (CI caught that once), which would prove nothing about stop(). So the master dies
-        # once both workers are ready and have had a moment to reach their 15 s wait.
-        assert server.wait_for_output(r"Worker ready \(pid: \d+\)", count=2), server.tail()
+    # A sync worker checks its parent as it enters its accept loop, then every timeout / 2 s
+    # (300 s here): one still booting when the master dies leaves by itself (CI caught that
+    # once), which would prove nothing about stop(). So the master dies once both workers are
+    # ready and have had a moment to reach their long wait.
+    env = {**ENV, "DJANGO_VAR_DIR": str(tmp_path), "GUNICORN_CMD_ARGS": "--timeout 600"}
+    with start_mode("wsgi_sync", env=env, workdir=tmp_path) as server:
+        assert server.wait_workers_ready(), server.tail()
         workers = children_of(server.pid)
         assert len(workers) == 2
         time.sleep(1)
