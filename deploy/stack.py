@@ -119,13 +119,15 @@ def start_stack(
     *,
     server_env: Mapping[str, str | None] | None = None,
     nginx_env: Mapping[str, str] | None = None,
+    asgi_app: str | None = None,
 ) -> Iterator[Stack]:
     """Start `wsgi_mode` and `asgi_mode` on `var_dir`'s state, nginx in front; stop all after.
 
     `server_env` is applied on top of a cleaned environment (a developer's exported
     WEB_CONCURRENCY or DATABASE_URL does not leak in); `nginx_env` overrides deploy.nginx's
-    values (NGINX_CLIENT_HEADER_TIMEOUT=2s, ...). Without an nginx binary, StackError says
-    how to install one.
+    values (NGINX_CLIENT_HEADER_TIMEOUT=2s, ...). `asgi_app` serves another ASGI application
+    than project.asgi on the ASGI mode's config (gunicorn's APP_MODULE, e.g. a test's
+    "module:factory()"). Without an nginx binary, StackError says how to install one.
     """
     binary = nginx.nginx_binary(os.environ)
     if binary is None:
@@ -139,7 +141,12 @@ def start_stack(
     with contextlib.ExitStack() as cleanup:
         wsgi = servers.start_mode(wsgi_mode, env=env, workdir=directory / "wsgi")
         cleanup.callback(wsgi.stop)
-        asgi = servers.start_mode(asgi_mode, env=env, workdir=directory / "asgi")
+        asgi = servers.start_mode(
+            asgi_mode,
+            env=env,
+            workdir=directory / "asgi",
+            extra_args=[asgi_app] if asgi_app else (),
+        )
         cleanup.callback(asgi.stop)
         # Every worker up before the first request: a stack half booted serves requests late
         # and on a busy machine can miss a test's timeout.

@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -44,9 +44,9 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.test import TransactionTestCase, override_settings
 from django.urls import include, path
 
-from deploy import nginx, servers
-from deploy.servers import MODES, Server, interface_of_mode, mode_config, start, start_mode
-from deploy.stack import start_nginx, start_stack
+from deploy import servers
+from deploy.servers import MODES, Server, interface_of_mode, start_mode
+from deploy.stack import start_stack
 from tests.reliability.load import BackgroundLoad, LoadResult
 from tests.support import http_scope, require_nginx
 
@@ -123,17 +123,12 @@ def fault_application() -> Any:
     return application
 
 
+FAULT_APP = f"{__name__}:fault_application()"
+
+
 def start_fault_app(mode: str, env: Env, workdir: Path) -> Server:
     """Start an ASGI mode's config serving fault_application() instead of project.asgi."""
-    argv = [
-        servers.gunicorn_executable(),
-        "-c",
-        str(mode_config(mode)),
-        f"{__name__}:fault_application()",
-    ]
-    server = start(argv, env=env, bind_with="BIND", workdir=workdir)
-    server.mode = mode
-    return server
+    return start_mode(mode, env=env, workdir=workdir, extra_args=[FAULT_APP])
 
 
 # --- In-process: a disconnect cancels the view ------------------------------------------------
@@ -375,56 +370,6 @@ STUCK_TIMEOUT = "--timeout 4"
 PROXY_READ_TIMEOUT = 7
 
 
-@dataclass
-class FaultStack:
-    """nginx in front of a WSGI mode and an ASGI mode serving fault_application()."""
-
-    wsgi: Server
-    asgi: Server
-    nginx: Server
-    ports: dict[str, int]
-
-    def server(self, interface: str) -> Server:
-        """Return the app server behind an interface."""
-        return self.wsgi if interface == "wsgi" else self.asgi
-
-
-@contextlib.contextmanager
-def fault_stack(
-    wsgi_mode: str, asgi_mode: str, env: Env, var_dir: Path, directory: Path
-) -> Iterator[FaultStack]:
-    """Start the pair with nginx in front, the ASGI one serving fault_application()."""
-    binary = require_nginx()
-    with contextlib.ExitStack() as cleanup:
-        wsgi = start_mode(wsgi_mode, env=env, workdir=directory / "wsgi")
-        cleanup.callback(wsgi.stop)
-        asgi = start_fault_app(asgi_mode, env, directory / "asgi")
-        cleanup.callback(asgi.stop)
-        for server in (wsgi, asgi):
-            assert server.wait_workers_ready(), server.tail()
-        ports = {
-            name: servers.free_port()
-            for name in ("NGINX_HYBRID_PORT", "NGINX_WSGI_PORT", "NGINX_ASGI_PORT")
-        }
-        run_dir = directory / "nginx"
-        run_dir.mkdir(parents=True)
-        values = {
-            **{name: str(port) for name, port in ports.items()},
-            "WSGI_UPSTREAM": f"{servers.HOST}:{wsgi.port}",
-            "ASGI_UPSTREAM": f"{servers.HOST}:{asgi.port}",
-            "DJANGO_VAR_DIR": str(var_dir),
-            "NGINX_RUN_DIR": str(run_dir),
-            "NGINX_PROXY_READ_TIMEOUT": f"{PROXY_READ_TIMEOUT}s",
-        }
-        config = run_dir / "nginx.conf"
-        config.write_text(nginx.render("local", values), encoding="utf-8")
-        front = start_nginx(binary, config, ports["NGINX_HYBRID_PORT"])
-        cleanup.callback(front.stop, 10)
-        yield FaultStack(
-            wsgi, asgi, front, {"wsgi": ports["NGINX_WSGI_PORT"], "asgi": ports["NGINX_ASGI_PORT"]}
-        )
-
-
 def get(port: int, target: str, timeout: float = 30) -> tuple[int, float]:
     """GET `target` on a fresh connection to 127.0.0.1:`port`; return status and seconds."""
     started = time.monotonic()
@@ -467,7 +412,16 @@ def test_a_view_stuck_past_the_worker_timeout(
 ) -> None:
     env: Env = {**server_env, "WEB_CONCURRENCY": "1", "GUNICORN_CMD_ARGS": STUCK_TIMEOUT}
     cases = [case for case in STUCK_CASES if case[0] in (wsgi_mode, asgi_mode)]
-    with fault_stack(wsgi_mode, asgi_mode, env, var_dir, tmp_path) as stack:
+    require_nginx()
+    with start_stack(
+        wsgi_mode,
+        asgi_mode,
+        var_dir,
+        tmp_path,
+        server_env=env,
+        nginx_env={"NGINX_PROXY_READ_TIMEOUT": f"{PROXY_READ_TIMEOUT}s"},
+        asgi_app=FAULT_APP,
+    ) as stack:
         outcomes = []
         for mode, target, _status, expected in cases:
             interface = interface_of_mode(mode)
