@@ -45,7 +45,6 @@ class Launcher:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
             start_new_session=True,
         )
         self.lines: list[str] = []
@@ -54,8 +53,15 @@ class Launcher:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
+        fd = self.process.stdout.fileno()
+        pending = b""
+        while chunk := os.read(fd, 65536):
+            *complete, pending = (pending + chunk).split(b"\n")
+            # One extend per read (atomic under the GIL): up writes its URL table in one write,
+            # so wait_for_table() sees the banner and its rows together, never the banner alone.
+            self.lines.extend([line.decode(errors="replace") for line in complete])
+        if pending:
+            self.lines.append(pending.decode(errors="replace"))
 
     def output(self) -> str:
         return "\n".join(self.lines)

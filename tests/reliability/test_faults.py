@@ -342,7 +342,7 @@ def test_max_requests_recycling_through_nginx_gives_no_502(
                 concurrency=6,
                 max_requests=RECYCLE_REQUESTS,
                 # The count is the bound; this only stops a hang (72 req/s seen on a busy machine).
-                max_seconds=400,
+                max_seconds=600,
                 keepalive=True,
             )
             for mode in (wsgi_mode, asgi_mode)
