@@ -24,7 +24,7 @@ from typing import Any
 
 from deploy import servers
 from deploy.bench import procs, sse, wrk
-from deploy.bench.contenders import Contender, ContenderLaunch, launch, pinned
+from deploy.bench.contenders import START_TIMEOUT, Contender, ContenderLaunch, launch, pinned
 from deploy.bench.infra import start_nginx, start_upstream
 from deploy.bench.plan import SSE_GRACE_S, Cell, Group, Plan, SseGroup, warmups
 from deploy.bench.scenarios import Scenario
@@ -197,8 +197,9 @@ class Runner:
             workdir=workdir,
             on_spawn=lambda started: self.register(contender.name, started),
         )
-        # Let the workers finish booting (gunicorn answers once the first one is up).
-        time.sleep(0.5)
+        # Resting memory with every worker booted: gunicorn answers once the first one is up.
+        if not server.wait_workers_ready(timeout=START_TIMEOUT):
+            raise BenchError(f"{contender.name}: not every worker booted:\n{server.tail()}")
         rest = procs.snapshot(server.pid)
         record = {
             "contender": contender.name,
