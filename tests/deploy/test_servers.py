@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from deploy.servers import (
+    WORKER_READY,
     Server,
     ServerError,
     free_port,
@@ -119,3 +123,28 @@ def test_server_is_a_context_manager(tmp_path: Path) -> None:
         assert server.base_url == f"http://127.0.0.1:{server.port}"
         assert server.mode == "asgi_gunicorn"
     assert not server.running()
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("workers", [1, 3])
+def test_wait_workers_ready_waits_for_every_worker(tmp_path: Path, workers: int) -> None:
+    env = {**ENV, "DJANGO_VAR_DIR": str(tmp_path), "WEB_CONCURRENCY": str(workers)}
+    with start_mode("wsgi_gthread", env=env, workdir=tmp_path) as server:
+        assert server.wait_workers_ready(), server.tail()
+        ready = {int(pid) for pid in re.findall(WORKER_READY, server.output())}
+        assert ready == set(children_of(server.pid))
+        assert len(ready) == workers
+
+
+def test_wait_workers_ready_gives_up_when_the_server_exits(tmp_path: Path) -> None:
+    # A process that never logs its workers ready: the wait ends when it exits, not at timeout.
+    log_path = tmp_path / "server.log"
+    argv = [sys.executable, "-c", "import time; time.sleep(1)"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    with Server(argv, process, free_port(), log_path) as sleeper:
+        started = time.monotonic()
+        assert not sleeper.wait_workers_ready(timeout=60)
+        assert time.monotonic() - started < 30
