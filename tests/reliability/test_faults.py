@@ -5,7 +5,7 @@
   worker held, counted and bounded; the time to replace it is recorded (FAULT figures below).
 - max_requests recycling through nginx with upstream keepalive: 10,000 requests per server,
   dozens of recycles, no 502 (the keep-alive race of gunicorn #3038/#3323).
-- A view stuck past the worker timeout (--timeout 2): what each mode really does, through nginx.
+- A view stuck past the worker timeout (--timeout 4): what each mode really does, through nginx.
 - A client leaving an SSE stream under ASGI: the view is cancelled (in-process, on the ASGI
   application) and nothing leaks over 1,000 disconnects (counted from /proc, outside).
 
