@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: thread-hop counting, raw ASGI requests, nginx."""
+"""Helpers shared by the test modules: thread-hop counting, raw ASGI/WSGI requests, nginx."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 from asgiref.sync import AsyncToSync, SyncToAsync
 from asgiref.testing import ApplicationCommunicator
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 
 from deploy import nginx
 
@@ -83,6 +87,31 @@ async def asgi_request(
     # Let Django's handler finish (response.close, request_finished) before the next request.
     await communicator.wait(5)
     return start["status"], headers, chunks
+
+
+def wsgi_request(path: str, **environ: Any) -> tuple[str, bytes]:
+    """Send one request through Django's WSGIHandler; return the status line and the body.
+
+    Its request signals are detached meanwhile, as Django's test client does: they would close
+    the test's database connection.
+    """
+    environ = {"PATH_INFO": path, **environ}
+    setup_testing_defaults(environ)
+    environ["HTTP_HOST"] = "localhost"
+    statuses: list[str] = []
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        response = WSGIHandler()(environ, lambda status, headers: statuses.append(status))
+        try:
+            body = b"".join(response)
+        finally:
+            response.close()
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+    (status,) = statuses
+    return status, body
 
 
 def require_nginx() -> str:

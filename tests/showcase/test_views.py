@@ -15,13 +15,9 @@ import os
 import threading
 import warnings
 from unittest import mock
-from wsgiref.util import setup_testing_defaults
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
-from django.core.handlers.wsgi import WSGIHandler
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.test import AsyncClient, Client, SimpleTestCase, TestCase, override_settings
 from django.urls import resolve
 
@@ -37,7 +33,7 @@ from tests.showcase.helpers import (
     parse_sse,
     sync_stream_body,
 )
-from tests.support import asgi_request
+from tests.support import asgi_request, wsgi_request
 
 
 class PairTestCase(TwinAssertions, TestCase):
@@ -373,26 +369,14 @@ class RefusedBodyTests(PairTestCase):
 
     def test_form_cut_short_under_wsgi_is_a_400(self):
         """gunicorn hands WSGI a body that ends at the client's EOF as if it were whole."""
-        environ = {
-            "PATH_INFO": "/sync/db/",
-            "REQUEST_METHOD": "POST",
-            "CONTENT_TYPE": "application/x-www-form-urlencoded",
-            "CONTENT_LENGTH": "50",
-            "wsgi.input": io.BytesIO(b"name=trun"),
-        }
-        setup_testing_defaults(environ)
-        environ["HTTP_HOST"] = "localhost"
-        statuses = []
-        request_started.disconnect(close_old_connections)
-        request_finished.disconnect(close_old_connections)
-        try:
-            response = WSGIHandler()(environ, lambda status, headers: statuses.append(status))
-            body = b"".join(response)
-            response.close()
-        finally:
-            request_started.connect(close_old_connections)
-            request_finished.connect(close_old_connections)
-        self.assertEqual(statuses, ["400 Bad Request"])
+        status, body = wsgi_request(
+            "/sync/db/",
+            REQUEST_METHOD="POST",
+            CONTENT_TYPE="application/x-www-form-urlencoded",
+            CONTENT_LENGTH="50",
+            **{"wsgi.input": io.BytesIO(b"name=trun")},
+        )
+        self.assertEqual(status, "400 Bad Request")
         self.assertEqual(json.loads(body), {"error": "body ended after 9 of 50 bytes"})
         self.assertFalse(Item.objects.filter(name="trun").exists())
 
@@ -454,23 +438,9 @@ class StreamAcrossInterfacesTests(SimpleTestCase):
         self.assertEqual(len(parse_sse(b"".join(chunks))), 3)
 
     def test_async_stream_under_wsgi_is_consumed_whole_first(self):
-        environ = {"PATH_INFO": "/async/stream/", "QUERY_STRING": "events=3&interval=0"}
-        setup_testing_defaults(environ)
-        environ["HTTP_HOST"] = "localhost"
-        statuses = []
-        # As Django's test client does: the handler's request signals would close the
-        # test's database connection.
-        request_started.disconnect(close_old_connections)
-        request_finished.disconnect(close_old_connections)
-        try:
-            response = WSGIHandler()(environ, lambda status, headers: statuses.append(status))
-            with self.assertWarnsMessage(Warning, "must consume asynchronous iterators"):
-                body = b"".join(response)
-            response.close()
-        finally:
-            request_started.connect(close_old_connections)
-            request_finished.connect(close_old_connections)
-        self.assertEqual(statuses, ["200 OK"])
+        with self.assertWarnsMessage(Warning, "must consume asynchronous iterators"):
+            status, body = wsgi_request("/async/stream/", QUERY_STRING="events=3&interval=0")
+        self.assertEqual(status, "200 OK")
         self.assertEqual(len(parse_sse(body)), 3)
 
 
