@@ -38,3 +38,29 @@ def test_mypy_strict() -> None:
 def test_no_missing_migrations() -> None:
     result = run(sys.executable, "manage.py", "makemigrations", "--check", "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_repository_cites_nothing_outside_it() -> None:
+    """Code and docs explain themselves: no reference to the team's notes, which do not ship."""
+    tracked = run("git", "ls-files", "-z").stdout.split("\0")
+    citing = [
+        name
+        for name in tracked
+        if name
+        and name != "tests/test_quality.py"
+        and (ROOT / name).is_file()
+        and "FIELD_NOTES" in (ROOT / name).read_text(errors="replace")
+    ]
+    assert citing == []
+
+
+def test_asgiref_is_declared_for_the_executor_argument() -> None:
+    """apps.core.asgi passes ThreadSensitiveContext(executor=...), new in asgiref 3.13."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (asgiref,) = [Requirement(d) for d in dependencies if Requirement(d).name == "asgiref"]
+    assert not asgiref.specifier.contains("3.12.1")
+    assert asgiref.specifier.contains("3.13.0")

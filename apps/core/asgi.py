@@ -1,10 +1,11 @@
 """ASGI glue around Django's handler: the lifespan protocol, and cheap request threads.
 
 Django's `ASGIHandler` costs every request two thread hops even when the request runs no
-sync code at all (FIELD_NOTES, "Django under ASGI"): the `request_started` receivers and, at
-the end, `response.close()` (which sends `request_finished`) each go through a thread-sensitive
-`sync_to_async`, and the request's fresh `ThreadSensitiveContext` starts a NEW thread for the
-first of them and joins it at the end. `PooledThreadASGIHandler` removes both costs:
+sync code at all (django/core/handlers/asgi.py with asgiref/sync.py): the `request_started`
+receivers and, at the end, `response.close()` (which sends `request_finished`) each go
+through a thread-sensitive `sync_to_async`, and the request's fresh `ThreadSensitiveContext`
+starts a NEW thread for the first of them and joins it at the end. `PooledThreadASGIHandler`
+removes both costs:
 
 - Threads are pooled. Each request gets a one-thread executor from a small pool (asgiref
   3.13's `ThreadSensitiveContext(executor=...)`): still one thread per request, so all sync

@@ -2,8 +2,8 @@
 
 Runs every serving mode (deploy/gunicorn/, granian when installed) against the showcase
 endpoints and the user's own URLs with wrk, directly and through nginx, plus long-lived SSE
-clients; writes results.json, report.md and PNG charts. How it avoids fooling itself
-(FIELD_NOTES, "Measuring"): server and load generator pinned to different CPUs, a fresh
+clients; writes results.json, report.md and PNG charts. How it avoids fooling itself, as the
+careful published benchmarks do: server and load generator pinned to different CPUs, a fresh
 server per repeat, warm-up, repeats in alternating order, medians with min/max, bare apps as
 the ceiling, Little's law for waiting scenarios, and every error flagged.
 

@@ -30,7 +30,7 @@ CLIENT_BUSY_PERCENT = 80.0
 # Django's own hello reaching this share of the bare app's: the server is the limit.
 CEILING_SHARE = 0.8
 # A bare ASGI hello on uvicorn beats a bare WSGI hello on gthread by ~5-6x (Granian's
-# published tables; FIELD_NOTES "Measuring"); far less means the harness limits both.
+# published benchmark tables); far less means the harness limits both.
 HARNESS_MIN_RATIO = 3.0
 
 
