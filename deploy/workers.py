@@ -74,19 +74,89 @@ class ThreadWorker(StockThreadWorker):  # type: ignore[misc]  # untyped base (no
 SHUTDOWN_REQUEST_GRACE = 2.0
 
 
-class DrainingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, serving the request already on its way at shutdown.
+# What gunicorn's parser answers when a head is over its limits (gunicorn/workers/base.py).
+REQUEST_LINE_TOO_LONG = b"HTTP/1.1 414 Request-URI Too Long\r\n"
+HEADER_FIELDS_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+HEAD_OVER_LIMITS = "Request head over the server's limits."
+# gunicorn's own bounds for a limit set to 0 or below (gunicorn/http/message.py).
+MAX_REQUEST_LINE = 8190
+MAX_HEADERS = 32768
+DEFAULT_MAX_HEADERFIELD_SIZE = 8190
+UNLIMITED_REQUEST_LINE = 1024 * 1024
 
-    At a graceful shutdown uvicorn closes every connection whose request it has not parsed yet
-    (`HttpToolsProtocol.shutdown`: `cycle is None` -> close), including one it accepted a moment
-    ago whose request still sits unread in the socket: that client gets a reset, not an answer.
-    Measured with SIGHUP under load (8 clients, fresh connections): 2 requests lost per reload
-    with the stock protocol, 0 with this one. Such a connection now gets
-    SHUTDOWN_REQUEST_GRACE s to deliver one request, served with `Connection: close`; an idle
-    keep-alive connection is still closed at once (a client retries those).
+
+class HeadOverLimitError(Exception):
+    """A request head over one of gunicorn's limits; ends httptools' parse of it."""
+
+
+class DrainingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with gunicorn's head limits and a draining shutdown.
+
+    Limits: httptools accepts a request line and headers of any size and number, so the
+    UvicornWorker would serve what gunicorn's own parser refuses in the other three modes
+    (300 header fields: 200 here, 431 there). This protocol counts as gunicorn does and answers
+    as gunicorn does: 414 past `limit_request_line`, 431 past `limit_request_fields` or
+    `limit_request_field_size` (a field's "name: value" line with its CRLF).
+    `UvicornWorker` subclasses it with the values of gunicorn's config.
+
+    Draining: at a graceful shutdown uvicorn closes every connection whose request it has not
+    parsed yet (`HttpToolsProtocol.shutdown`: `cycle is None` -> close), including one it
+    accepted a moment ago whose request still sits unread in the socket: that client gets a
+    reset, not an answer. Measured with SIGHUP under load (8 clients, fresh connections):
+    2 requests lost per reload with the stock protocol, 0 with this one. Such a connection now
+    gets SHUTDOWN_REQUEST_GRACE s to deliver one request, served with `Connection: close`; an
+    idle keep-alive connection is still closed at once (a client retries those).
     """
 
     draining = False
+    # gunicorn's defaults; UvicornWorker sets the configured ones.
+    limit_request_line = MAX_REQUEST_LINE
+    limit_request_fields = 100
+    limit_request_field_size = DEFAULT_MAX_HEADERFIELD_SIZE
+    # The answer for the head being parsed, when it went over a limit.
+    refusal: bytes | None = None
+
+    def on_message_begin(self) -> None:
+        """Start a request: no refusal yet."""
+        super().on_message_begin()
+        self.refusal = None
+
+    def on_url(self, url: bytes) -> None:
+        """Collect the request target, refusing it past limit_request_line."""
+        super().on_url(url)
+        # The request line as gunicorn measures it: method, target and "HTTP/1.x", no CRLF.
+        if len(self.parser.get_method()) + len(self.url) + len(b"  HTTP/1.1") > (
+            self.limit_request_line
+        ):
+            self.refuse(REQUEST_LINE_TOO_LONG, "request line")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Collect a header field, refusing one too many or one too large."""
+        if len(self.headers) >= self.limit_request_fields:
+            self.refuse(HEADER_FIELDS_TOO_LARGE, "header fields")
+        if len(name) + len(value) + len(b": \r\n") > self.limit_request_field_size:
+            self.refuse(HEADER_FIELDS_TOO_LARGE, "header field size")
+        super().on_header(name, value)
+
+    def refuse(self, status_line: bytes, limit: str) -> None:
+        """Stop parsing this head: httptools re-raises it, uvicorn calls send_400_response()."""
+        self.refusal = status_line
+        raise HeadOverLimitError(limit)
+
+    def send_400_response(self, msg: str) -> None:
+        """Answer a head over a limit as gunicorn would (414 or 431); anything else, as uvicorn."""
+        if self.refusal is None:
+            super().send_400_response(msg)
+            return
+        body = HEAD_OVER_LIMITS.encode()
+        head = [self.refusal]
+        # uvicorn's own headers (Server, Date), as on its 400.
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: text/plain; charset=utf-8\r\n")
+        head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
     def shutdown(self) -> None:
         """Close idle keep-alive connections; let a fresh one deliver its request first."""
@@ -108,6 +178,11 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
 
+def gunicorn_limit(value: int, bound: int) -> int:
+    """Return a gunicorn head limit as gunicorn applies it: 0 or less means its own bound."""
+    return value if 0 < value <= bound else bound
+
+
 class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (no py.typed)
     """uvicorn_worker.UvicornWorker with uvloop, httptools and the settings it drops.
 
@@ -122,9 +197,9 @@ class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (
     - access_log_format: uvicorn writes its own fixed access line; here gunicorn's logger
       writes it, so every serving mode logs the same format (request time, request ID).
 
-    Not passed, as uvicorn has no equivalent with httptools: limit_request_line/_fields/
-    _field_size (httptools accepts any header size: nginx's large_client_header_buffers is
-    the guard).
+    - limit_request_line, limit_request_fields, limit_request_field_size: uvicorn has no
+      such settings (httptools accepts any head); `DrainingHttpToolsProtocol` enforces them
+      as gunicorn's parser does, so all four modes refuse the same heads.
 
     It also fixes a hang: on SIGINT or SIGQUIT the master sends its workers SIGQUIT, which the
     stock class answers by clearing gunicorn's `alive` flag, a flag uvicorn never reads: the
@@ -151,6 +226,23 @@ class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (
         self.config.limit_concurrency = self.cfg.worker_connections
         self.config.timeout_graceful_shutdown = max(
             self.cfg.graceful_timeout - SHUTDOWN_MARGIN, SHUTDOWN_MARGIN
+        )
+        # The head limits of gunicorn's config, as its own parser applies them.
+        self.config.http = type(
+            "GunicornLimitsHttpToolsProtocol",
+            (DrainingHttpToolsProtocol,),
+            {
+                # 0 is gunicorn's "no limit", which its parser caps at 1 MiB.
+                "limit_request_line": (
+                    gunicorn_limit(self.cfg.limit_request_line, MAX_REQUEST_LINE)
+                    if self.cfg.limit_request_line
+                    else UNLIMITED_REQUEST_LINE
+                ),
+                "limit_request_fields": gunicorn_limit(self.cfg.limit_request_fields, MAX_HEADERS),
+                "limit_request_field_size": gunicorn_limit(
+                    self.cfg.limit_request_field_size, DEFAULT_MAX_HEADERFIELD_SIZE
+                ),
+            },
         )
 
     def handle_exit(self, sig: int, frame: object) -> None:

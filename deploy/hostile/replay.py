@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from deploy.hostile.corpus import Case
+from deploy.workers import HEAD_OVER_LIMITS
 
 # The layers an answer can come from.
 NGINX = "nginx"
@@ -30,7 +31,8 @@ LINGER = 0.3
 STATUS_LINE_RE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})[^\r\n]*\r?\n")
 CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]+)[^\r\n]*\r\n")
 CANARY_PATH = "/sync/hello/"
-# The whole body of uvicorn's answer to a request its parser refuses (h11 and httptools).
+# The whole body of uvicorn's answer to a request its parser refuses (h11 and httptools), and
+# of the template's UvicornWorker to a head over gunicorn's limits.
 UVICORN_REFUSAL = "Invalid HTTP request received."
 # What the replay sends in the canary: a plain request any correct stack serves with 200.
 CANARY_TEMPLATE = "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
@@ -258,7 +260,7 @@ def classify(answer: Answer) -> str:
     # ("Invalid HTTP request line: ...") look like uvicorn's, so this goes first.
     if server.startswith(GUNICORN) or "<h1><p>" in text:
         return GUNICORN
-    if server.startswith(UVICORN) or text.strip() == UVICORN_REFUSAL:
+    if server.startswith(UVICORN) or text.strip() in {UVICORN_REFUSAL, HEAD_OVER_LIMITS}:
         return UVICORN
     # gunicorn's asgi worker (_send_error_response): a plain-text message. nginx's own pages
     # are HTML and carry its mark, so plain text behind nginx came from the server too.

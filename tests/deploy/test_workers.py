@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from deploy.gunicorn import common
 from deploy.hostile.replay import parse_responses
-from deploy.servers import INHERITED_SETTINGS, start_mode
+from deploy.servers import INHERITED_SETTINGS, MODES, start_mode
 from deploy.workers import (
     DrainingHttpToolsProtocol,
     GunicornAccessLog,
@@ -176,14 +176,25 @@ def test_access_log_ignores_lifespan(tmp_path: Path, make_logger: Any) -> None:
 def test_uvicorn_worker_passes_on_what_the_stock_class_drops(
     tmp_path: Path, uvicorn_loggers: None, make_logger: Any
 ) -> None:
-    cfg = gunicorn_config(tmp_path, worker_connections=321, graceful_timeout=17, keepalive=75)
+    cfg = gunicorn_config(
+        tmp_path,
+        worker_connections=321,
+        graceful_timeout=17,
+        keepalive=75,
+        limit_request_line=4000,
+        limit_request_fields=50,
+        limit_request_field_size=2000,
+    )
     worker = UvicornWorker(0, os.getpid(), [], None, 30, cfg, make_logger(cfg))
     try:
         config = worker.config
         assert (config.loop, config.lifespan) == ("uvloop", "on")
-        # httptools, through the subclass that serves a request on its way at shutdown.
-        assert config.http is DrainingHttpToolsProtocol
+        # httptools, through the subclass that serves a request on its way at shutdown and
+        # applies gunicorn's head limits, here the configured ones.
+        assert issubclass(config.http, DrainingHttpToolsProtocol)
         assert issubclass(config.http, HttpToolsProtocol)
+        limits = ("limit_request_line", "limit_request_fields", "limit_request_field_size")
+        assert [getattr(config.http, name) for name in limits] == [4000, 50, 2000]
         assert config.limit_concurrency == 321
         assert config.timeout_graceful_shutdown == 16
         assert config.timeout_keep_alive == 75
@@ -270,3 +281,67 @@ def test_thread_worker_drains_a_refused_body_and_keeps_the_connection(
         "wsgi_gthread", env=env, extra_args=["-k", worker_class], workdir=tmp_path / "server"
     ) as server:
         assert refused_post_then_get(server.port) == statuses, server.tail()
+
+
+def head_status(port: int, target: str, fields: list[bytes]) -> int:
+    """Send one GET with `fields` after Host; return the status of the answer."""
+    request = b"GET %s HTTP/1.1\r\nHost: localhost\r\n%sConnection: close\r\n\r\n" % (
+        target.encode(),
+        b"".join(field + b"\r\n" for field in fields),
+    )
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        while len(received) < 1 << 20 and (chunk := sock.recv(65536)):
+            received += chunk
+    (response, *_) = parse_responses(received, closed=True)[0]
+    return response.status
+
+
+def heads_at_the_limits() -> dict[str, tuple[str, list[bytes]]]:
+    """Return requests at gunicorn's default head limits and one byte or field past them."""
+    line = common.limit_request_line
+    size = common.limit_request_field_size
+    hello = "/sync/hello/?q="
+    # "GET <target> HTTP/1.1" is the line gunicorn measures.
+    at_line = hello + "a" * (line - len("GET  HTTP/1.1") - len(hello))
+    # Host and Connection are two of the fields; "X-Fill: <value>\r\n" is what one weighs.
+    at_size = b"X-Fill: " + b"v" * (size - len(b"X-Fill: \r\n"))
+    fill = [b"X-Fill-%d: 1" % n for n in range(common.limit_request_fields - 2)]
+    return {
+        "line at the limit": (at_line, []),
+        "line over": (at_line + "a", []),
+        "field at the limit": ("/sync/hello/", [at_size]),
+        "field over": ("/sync/hello/", [at_size + b"v"]),
+        "fields at the limit": ("/sync/hello/", fill),
+        "one field over": ("/sync/hello/", [*fill, b"X-Fill-last: 1"]),
+    }
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_refuses_the_heads_gunicorn_refuses(mode: str, tmp_path: Path) -> None:
+    """Under UvicornWorker too: httptools has no limits of its own, deploy.workers adds them."""
+    env = {
+        **dict.fromkeys(INHERITED_SETTINGS),
+        "DJANGO_VAR_DIR": str(tmp_path / "var"),
+        "DJANGO_DEBUG": "false",
+        "DJANGO_ALLOWED_HOSTS": "localhost",
+        "WEB_CONCURRENCY": "1",
+    }
+    with start_mode(mode, env=env, workdir=tmp_path / "server") as server:
+        statuses = {
+            name: head_status(server.port, target, fields)
+            for name, (target, fields) in heads_at_the_limits().items()
+        }
+        # The worker that refused them serves the next request.
+        after = head_status(server.port, "/sync/hello/", [])
+    assert statuses == {
+        "line at the limit": 200,
+        "line over": 414,
+        "field at the limit": 200,
+        "field over": 431,
+        "fields at the limit": 200,
+        "one field over": 431,
+    }, server.tail()
+    assert after == 200
