@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.test import AsyncClient, SimpleTestCase, TestCase, override_settings
+from django.utils.cache import patch_vary_headers
 from django.utils.module_loading import import_string
 
 from apps.core.checks import asgi_hops
@@ -25,10 +30,55 @@ STARTPROJECT_MIDDLEWARE = [
 ]
 
 
+# The template's native classes, in the shipped order: what NativeBehaviourTests test, pinned
+# so that a project's own middleware (django-cors-headers, a toolbar) cannot change the result.
+NATIVE_MIDDLEWARE = [
+    "apps.core.native.XFrameOptionsMiddleware",
+    "apps.core.native.SecurityMiddleware",
+    "apps.core.native.SessionMiddleware",
+    "apps.core.native.CommonMiddleware",
+    "apps.core.native.CsrfViewMiddleware",
+    "apps.core.native.AuthenticationMiddleware",
+    "apps.core.native.MessageMiddleware",
+]
+
+
+class VaryOnOriginMiddleware:
+    """Add `Vary: Origin` to every response, as django-cors-headers does: a user's middleware."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        return vary_on_origin(self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        return vary_on_origin(await self.get_response(request))
+
+
+def vary_on_origin(response: HttpResponseBase) -> HttpResponseBase:
+    """Return `response` with Origin added to its Vary header."""
+    patch_vary_headers(response, ["Origin"])
+    return response
+
+
 def asgi_handler(middleware: list[str]) -> ASGIHandler:
     """Return a Django ASGI handler built with `middleware`."""
     with override_settings(MIDDLEWARE=middleware):
         return ASGIHandler()
+
+
+def vary_of(response: HttpResponseBase) -> list[str]:
+    """Return the header names a response's Vary lists."""
+    return [name.strip() for name in response.headers.get("Vary", "").split(",") if name.strip()]
 
 
 async def hops_of_one_request(application: object, path: str = "/async/ok/") -> int:
@@ -105,7 +155,7 @@ class AdaptationLogTests(SimpleTestCase):
         self.assertTrue(any("adapted" in line for line in logs.output), logs.output)
 
 
-@override_settings(ROOT_URLCONF="tests.core.urls")
+@override_settings(ROOT_URLCONF="tests.core.urls", MIDDLEWARE=NATIVE_MIDDLEWARE)
 class NativeBehaviourTests(TestCase):
     """The protections Django's classes give hold under ASGI with the native classes."""
 
@@ -132,7 +182,15 @@ class NativeBehaviourTests(TestCase):
     async def test_untouched_session_sets_no_cookie(self) -> None:
         response = await self.async_client.get("/async/ok/")
         self.assertNotIn(settings.SESSION_COOKIE_NAME, response.cookies)
-        self.assertNotIn("Vary", response.headers)
+        self.assertNotIn("Cookie", vary_of(response))
+
+    @override_settings(
+        MIDDLEWARE=[*NATIVE_MIDDLEWARE, "tests.core.test_native.VaryOnOriginMiddleware"]
+    )
+    async def test_untouched_session_sets_no_cookie_beside_a_users_middleware(self) -> None:
+        response = await self.async_client.get("/async/ok/")
+        self.assertNotIn(settings.SESSION_COOKIE_NAME, response.cookies)
+        self.assertEqual(vary_of(response), ["Origin"])
 
     async def test_csrf_is_enforced_on_async_views(self) -> None:
         client = AsyncClient(enforce_csrf_checks=True)
