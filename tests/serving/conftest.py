@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -74,20 +75,28 @@ def mode_server(
 
 
 @pytest.fixture(scope="session")
+def shared_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return the XDG_RUNTIME_DIR the used-by commands share, as typed in one session."""
+    return tmp_path_factory.mktemp("runtime")
+
+
+@pytest.fixture(scope="session")
 def used_by_servers(
-    serving_env: Env, tmp_path_factory: pytest.TempPathFactory
+    serving_env: Env, shared_runtime_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Server]]:
     """Return the used-by commands running side by side, by name.
 
     The address comes from GUNICORN_CMD_ARGS (`--bind 127.0.0.1:<port>`), so the command line
     stays verbatim and nothing listens on 0.0.0.0 (gunicorn's own default when PORT is set).
+    They share one XDG_RUNTIME_DIR, where gunicorn puts its default control socket.
     """
+    env = {**serving_env, "XDG_RUNTIME_DIR": str(shared_runtime_dir)}
     servers: dict[str, Server] = {}
     try:
         for name, (args, _interface) in USED_BY_COMMANDS.items():
             servers[name] = start(
                 [gunicorn_executable(), *args],
-                env=serving_env,
+                env=env,
                 workdir=tmp_path_factory.mktemp(name.replace(".", "_")),
             )
         yield servers

@@ -7,6 +7,9 @@ answer through WSGI and through ASGI, and X-Interface names the interface that s
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from deploy.servers import Server
@@ -40,3 +43,12 @@ def test_used_by_commands_log_no_traceback(used_by_servers: dict[str, Server]) -
     for name, server in used_by_servers.items():
         assert server.running(), name
         assert "Traceback" not in server.output(), f"{name}:\n{server.tail()}"
+
+
+def test_used_by_commands_side_by_side_open_no_shared_control_socket(
+    used_by_servers: dict[str, Server], shared_runtime_dir: Path
+) -> None:
+    """gunicorn's default control socket is one path per user: ./gunicorn.conf.py turns it off."""
+    for name, server in used_by_servers.items():
+        assert "Control socket" not in server.output(), f"{name}:\n{server.tail()}"
+    assert sorted(os.listdir(shared_runtime_dir)) == []
