@@ -107,6 +107,40 @@ def build_policy(config: Mapping[str, Any], nonce: str | None = None) -> str:
     return "; ".join(directives)
 
 
+# Django's own DEBUG pages (the technical 404 and 500 pages, the CSRF failure page) are built
+# with inline <style>, <script> and event handlers, which the shipped policy blocks: they would
+# render unstyled and without their toggles. With DEBUG on, HTML error responses allow inline
+# code; with DEBUG off (production) nothing changes.
+DEBUG_INLINE_DIRECTIVES = ("script-src", "style-src")
+
+
+def is_debug_error_page(response: HttpResponseBase) -> bool:
+    """Return whether `response` may be one of Django's DEBUG pages: DEBUG on, an HTML error."""
+    return (
+        settings.DEBUG
+        and response.status_code >= 400
+        and response.headers.get("Content-Type", "").startswith("text/html")
+    )
+
+
+def with_inline_code(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return `config` with 'unsafe-inline' for scripts and styles, and no nonce there.
+
+    A nonce in a directive makes browsers ignore its 'unsafe-inline' (CSP Level 2), so the
+    nonce goes; a directive left unset falls back to default-src's sources, as browsers do.
+    """
+    relaxed = dict(config)
+    for directive in DEBUG_INLINE_DIRECTIVES:
+        sources = relaxed.get(directive, config.get("default-src"))
+        if isinstance(sources, str):
+            sources = [sources]
+        elif not isinstance(sources, list | tuple | set | frozenset):
+            sources = []
+        kept = [source for source in sources if source != CSP.NONCE]
+        relaxed[directive] = [*kept, CSP.UNSAFE_INLINE]
+    return relaxed
+
+
 def before_view(request: HttpRequest) -> None:
     """Give the request its lazy nonce."""
     request.csp_nonce = LazyNonce()  # type: ignore[attr-defined]
@@ -116,10 +150,13 @@ def after_view(request: HttpRequest, response: HttpResponseBase) -> HttpResponse
     """Add the configured policies that the response does not carry yet."""
     nonce = getattr(request, "csp_nonce", None)
     used = nonce.used if isinstance(nonce, LazyNonce) else None
+    debug_page = is_debug_error_page(response)
     for header, setting in POLICIES:
         config = getattr(settings, setting, None)
         if not config or header in response.headers:
             continue
+        if debug_page:
+            config = with_inline_code(config)
         policy = build_policy(config, used)
         if policy:
             response.headers[header] = policy

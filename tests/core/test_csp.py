@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.template import engines
-from django.test import SimpleTestCase, TestCase, override_settings
+from django.test import AsyncClient, Client, SimpleTestCase, TestCase, override_settings
 from django.urls import path
 
 from apps.core.checks import check_middleware
@@ -58,7 +59,17 @@ async def async_nonce_page(request: HttpRequest) -> HttpResponse:
     return HttpResponse(template.render({}, request))
 
 
+def sync_fails(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("a bug, for Django's technical 500 page")
+
+
+async def async_fails(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("a bug, for Django's technical 500 page")
+
+
 urlpatterns = [
+    path("sync/fails/", sync_fails),
+    path("async/fails/", async_fails),
     path("sync/plain/", sync_plain),
     path("async/plain/", async_plain),
     path("sync/own/", sync_own_policy),
@@ -324,6 +335,53 @@ class MiddlewareTests(TestCase):
         self.assertEqual(response.headers[HEADER], f"script-src 'self' 'nonce-{nonce}'")
         plain = await self.async_client.get("/async/plain/")
         self.assertEqual(plain.headers[HEADER], "script-src 'self'")
+
+
+@override_settings(ROOT_URLCONF="tests.core.test_csp", DEBUG=True)
+class DebugPagesTests(TestCase):
+    """With DEBUG on, Django's technical pages render under the policy (inline code allowed)."""
+
+    # The 500 page's "share this traceback on a public website" form posts to dpaste.com:
+    # form-action keeps it blocked, so a traceback is never sent off the machine by a click.
+    SHARE_FORM = "<form action=https://dpaste.com/>"
+
+    def assert_renders(self, response: Any, status: int, blocked: tuple[str, ...] = ()) -> None:
+        self.assertEqual(response.status_code, status)
+        violations, _ = page_violations(
+            response.content.decode(), response.headers[HEADER], "http://testserver/"
+        )
+        self.assertEqual(violations, list(blocked))
+
+    def test_technical_404(self) -> None:
+        self.assert_renders(self.client.get("/nowhere/"), 404)
+
+    async def test_async_technical_404(self) -> None:
+        self.assert_renders(await self.async_client.get("/nowhere/"), 404)
+
+    def test_technical_500(self) -> None:
+        client = Client(raise_request_exception=False)
+        self.assert_renders(client.get("/sync/fails/"), 500, (self.SHARE_FORM,))
+
+    async def test_async_technical_500(self) -> None:
+        client = AsyncClient(raise_request_exception=False)
+        self.assert_renders(await client.get("/async/fails/"), 500, (self.SHARE_FORM,))
+
+    def test_pages_that_are_no_error_keep_the_policy(self) -> None:
+        response = self.client.get("/sync/plain/")
+        self.assertEqual(response.headers[HEADER], build_policy(settings.SECURE_CSP))
+
+    @override_settings(SECURE_CSP={"default-src": [CSP.SELF], "script-src": [CSP.NONCE]})
+    def test_a_nonce_gives_way_to_inline_code(self) -> None:
+        # Browsers ignore 'unsafe-inline' next to a nonce.
+        response = self.client.get("/nowhere/")
+        self.assertIn("script-src 'unsafe-inline'", response.headers[HEADER])
+        self.assertNotIn("nonce", response.headers[HEADER])
+
+    @override_settings(DEBUG=False)
+    def test_without_debug_error_pages_keep_the_policy(self) -> None:
+        response = self.client.get("/nowhere/")
+        self.assertEqual(response.status_code, 404)
+        self.assertEqual(response.headers[HEADER], build_policy(settings.SECURE_CSP))
 
 
 class NativeInBothModesTests(SimpleTestCase):
