@@ -20,7 +20,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 
-from apps.core.logging import request_id_var
+from apps.core.logging import REQUEST_ID_META_KEY, request_id_var
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
 
@@ -63,6 +63,7 @@ def begin_request(request: HttpRequest) -> tuple[str, Token[str], float]:
     """Choose the request ID and expose it to views (request header) and logs (context)."""
     request_id = accepted_request_id(request.META.get("HTTP_X_REQUEST_ID"))
     request.META["HTTP_X_REQUEST_ID"] = request_id
+    request.META[REQUEST_ID_META_KEY] = request_id
     return request_id, request_id_var.set(request_id), time.perf_counter()
 
 

@@ -81,6 +81,45 @@ class RequestContextTests(SimpleTestCase):
 
         self._assert_logged_with_id(request, "async-1")
 
+    def test_a_4xx_logged_by_django_carries_the_request_id(self) -> None:
+        self._assert_refusal_logged_with_id(
+            lambda: self.client.get("/nowhere/", headers={"X-Request-ID": "sync-404"}), "sync-404"
+        )
+
+    def test_async_4xx_logged_by_django_carries_the_request_id(self) -> None:
+        from asgiref.sync import async_to_sync
+
+        def request() -> object:
+            return async_to_sync(self.async_client.get)(
+                "/nowhere/", headers={"X-Request-ID": "async-404"}
+            )
+
+        self._assert_refusal_logged_with_id(request, "async-404")
+
+    def test_a_client_cannot_set_the_logged_id_past_the_middleware(self) -> None:
+        # An ID the middleware refuses (a newline: a forged log line) is replaced everywhere.
+        handler = RecordingHandler()
+        logger = logging.getLogger("django.request")
+        logger.addHandler(handler)
+        try:
+            response = self.client.get("/nowhere/", headers={"X-Request-ID": "x\nforged"})
+        finally:
+            logger.removeHandler(handler)
+        (record,) = handler.records
+        self.assertEqual(record.request_id, response.headers["X-Request-ID"])  # type: ignore[attr-defined]
+        self.assertNotIn("forged", record.request_id)  # type: ignore[attr-defined]
+
+    def _assert_refusal_logged_with_id(self, send: object, request_id: str) -> None:
+        handler = RecordingHandler()
+        logger = logging.getLogger("django.request")
+        logger.addHandler(handler)
+        try:
+            response = send()  # type: ignore[operator]
+        finally:
+            logger.removeHandler(handler)
+        self.assertEqual(response.status_code, 404)
+        self.assertEqual([r.request_id for r in handler.records], [request_id])  # type: ignore[attr-defined]
+
     def _assert_logged_with_id(self, send: object, request_id: str) -> None:
         handler = RecordingHandler()
         logger = logging.getLogger("tests.core")
