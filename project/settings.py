@@ -313,6 +313,7 @@ LOGGING = {
     "filters": {
         "request_id": {"()": "apps.core.logging.RequestIDFilter"},
         "no_traceback": {"()": "apps.core.logging.DropTracebackFilter"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
     },
     "formatters": {
         "default": {
@@ -325,6 +326,12 @@ LOGGING = {
             "filters": ["request_id"],
             "formatter": "default",
         },
+        # As in Django's default configuration: a 500 mailed to ADMINS, with DEBUG off.
+        "mail_admins": {
+            "class": "django.utils.log.AdminEmailHandler",
+            "filters": ["require_debug_false"],
+            "level": "ERROR",
+        },
         # Django logs every refused request here (bad Host, too many fields, body too large)
         # with its traceback: one line each instead, so a scan cannot flood the log.
         "security": {
@@ -334,8 +341,12 @@ LOGGING = {
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    # httpx logs every request at INFO: one line per upstream call of the showcase.
     "loggers": {
+        # Django's own configuration gives `django` a console handler of its own (DEBUG only)
+        # that would print every django.request record a second time, without the request ID;
+        # its records reach the root handler above. Its mail to ADMINS on a 500 stays.
+        "django": {"handlers": ["mail_admins"], "level": "INFO"},
+        # httpx logs every request at INFO: one line per upstream call of the showcase.
         "httpx": {"level": "WARNING"},
         "django.security": {"handlers": ["security"], "level": "INFO", "propagate": False},
     },
