@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Two images from one build; deploy/docker/README.md explains the design.
 #   docker build -t dualserve .                        the app: any serving mode (SERVE_MODE)
 #   docker build --target nginx -t dualserve-nginx .   nginx with the static files and its config
@@ -31,6 +30,7 @@ COPY manage.py ./
 COPY project project
 COPY apps apps
 COPY deploy deploy
+COPY nginx nginx
 
 # collectstatic writes hashed names, their .gz variants and the manifest to STATIC_ROOT, outside
 # /app/var (a volume would keep the first image's files forever); settings create DJANGO_VAR_DIR
@@ -79,8 +79,11 @@ COPY --from=build /app/project project
 COPY --from=build /app/apps apps
 COPY --from=build /app/deploy deploy
 
-# The database directory: a fresh named volume mounted here inherits this owner.
+# The database directory: a fresh named volume mounted here inherits this owner. VOLUME makes
+# it writable under `docker run --read-only` with nothing mounted (an anonymous volume, gone with
+# --rm); compose and Kubernetes mount their own volume here.
 RUN mkdir var && chown app:app var
+VOLUME /app/var
 
 # BIND on all interfaces: the container's network namespace is the boundary, and nginx and the
 # published port reach the server through it. HOME and TMPDIR point at the /tmp tmpfs.
