@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dj_database_url
 import pytest
 from ruamel.yaml import YAML
 
@@ -47,8 +48,11 @@ CHECK_JSONSCHEMA = VENV_BIN / "check-jsonschema"
 # Where the image keeps the code; its paths are moved under a temporary root in the tests.
 IMAGE_APP_DIR = "/app"
 APP_SERVICES = ("wsgi", "asgi")
-# The environment compose needs; a fresh random key, as a user would generate one.
-COMPOSE_ENV = {"DJANGO_SECRET_KEY": secrets.token_urlsafe(50)}
+# The environment compose needs; fresh random secrets, as a user would generate them.
+COMPOSE_ENV = {
+    "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+    "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+}
 # Bounds for the waits on real processes (never asserted: a bound, not a benchmark).
 START_TIMEOUT = 60.0
 PROBE_INTERVAL = 0.2
@@ -297,6 +301,34 @@ def test_nginx_serves_the_static_files_where_the_build_puts_them() -> None:
     assert image_environment("app")["DJANGO_STATIC_ROOT"] == static_root
 
 
+def test_the_build_needs_no_frontend_image_from_a_registry() -> None:
+    # A `# syntax=` line makes BuildKit pull its frontend from Docker Hub: offline builds fail.
+    # The engine's built-in frontend (Docker >= 23) already knows RUN --mount=type=cache.
+    first = DOCKERFILE.read_text(encoding="utf-8").splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first, re.IGNORECASE), first
+
+
+def test_the_build_stage_copies_everything_it_renders_from() -> None:
+    instructions = [
+        i for i in dockerfile_instructions(DOCKERFILE.read_text()) if i.stage == "build"
+    ]
+    copied = [i.args.split()[0] for i in instructions if i.keyword == "COPY"]
+    render = next(n for n, i in enumerate(instructions) if "deploy.nginx" in i.args)
+    copied_before = [i.args.split()[0] for i in instructions[:render] if i.keyword == "COPY"]
+    # deploy/nginx.py renders nginx/nginx.conf.template.
+    assert (REPO / "nginx" / "nginx.conf.template").is_file()
+    assert "nginx" in copied_before, copied
+    assert {"project", "apps", "deploy", "manage.py"} <= set(copied_before), copied
+
+
+def test_the_state_directory_is_a_volume_so_a_read_only_run_can_write_it() -> None:
+    # `docker run --read-only` with nothing mounted (the README's one-container command) gets
+    # an anonymous volume there, owned by the app user like the directory in the image.
+    var_dir = image_environment("app")["DJANGO_VAR_DIR"]
+    volumes = [i.args for i in stage_instructions("app", "VOLUME")]
+    assert volumes == [var_dir]
+
+
 def test_build_context_leaves_out_local_state_and_secrets() -> None:
     ignored = {
         line.strip()
@@ -343,10 +375,68 @@ def test_schema_validation_rejects_a_misspelt_compose_file(tmp_path: Path) -> No
 
 def test_compose_refuses_to_start_without_a_secret_key() -> None:
     with pytest.raises(InterpolationError, match="DJANGO_SECRET_KEY") as error:
-        load_compose({})
+        load_compose({"POSTGRES_PASSWORD": COMPOSE_ENV["POSTGRES_PASSWORD"]})
     # The message sends the user to the instructions, which must exist.
     assert "deploy/docker/README.md" in str(error.value)
     assert (REPO / "deploy" / "docker" / "README.md").is_file()
+
+
+def test_compose_refuses_to_start_without_a_database_password() -> None:
+    with pytest.raises(InterpolationError, match="POSTGRES_PASSWORD") as error:
+        load_compose({"DJANGO_SECRET_KEY": COMPOSE_ENV["DJANGO_SECRET_KEY"]})
+    assert "deploy/docker/README.md" in str(error.value)
+
+
+def test_each_image_is_built_by_one_service_and_never_pulled() -> None:
+    # Compose builds once per service with `build:`: sharing it across services built the app
+    # image four times (three dangling images). The services that only run an image must not
+    # pull it either: a registry's `dualserve` would be somebody else's.
+    services = load_compose()["services"]
+    builders: dict[str, list[str]] = {}
+    for name, service in services.items():
+        if "build" in service:
+            builders.setdefault(service["image"], []).append(name)
+    assert builders == {"dualserve:latest": ["migrate"], "dualserve-nginx:latest": ["nginx"]}
+    for name, service in services.items():
+        if service.get("image") in builders:
+            assert service["pull_policy"] == "never", name
+
+
+def test_the_app_uses_the_bundled_postgresql_by_default() -> None:
+    services = load_compose()["services"]
+    db = services["db"]
+    assert re.fullmatch(r"postgres:[0-9]+-bookworm", db["image"]), db["image"]
+    environment = service_environment(db)
+    (volume,) = db["volumes"]
+    assert volume.split(":") == ["db", "/var/lib/postgresql/data"]
+    assert "db" in load_compose()["volumes"]
+    # Over TCP: the image's first start runs a socket-only server that a socket probe would
+    # already call ready.
+    test = db["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "pg_isready"]
+    assert test[test.index("--host") + 1] == "127.0.0.1"
+    assert test[test.index("--username") + 1] == environment["POSTGRES_USER"]
+    for name in ("migrate", *APP_SERVICES):
+        app_env = service_environment(services[name])
+        settings = dj_database_url.parse(app_env["DATABASE_URL"])
+        assert settings["ENGINE"] == "django.db.backends.postgresql", name
+        assert (settings["HOST"], settings["PORT"]) == ("db", 5432), name
+        assert (settings["USER"], settings["NAME"]) == (
+            environment["POSTGRES_USER"],
+            environment["POSTGRES_DB"],
+        )
+        # No password in the URL (nothing to escape): libpq reads PGPASSWORD.
+        assert not settings["PASSWORD"], name
+        assert app_env["PGPASSWORD"] == environment["POSTGRES_PASSWORD"]
+        assert services[name]["depends_on"]["db"]["condition"] == "service_healthy", name
+    assert "ports" not in db
+
+
+def test_a_database_url_from_the_environment_replaces_the_bundled_one() -> None:
+    url = "sqlite:////app/var/db.sqlite3"
+    services = load_compose({**COMPOSE_ENV, "DATABASE_URL": url})["services"]
+    for name in ("migrate", *APP_SERVICES):
+        assert service_environment(services[name])["DATABASE_URL"] == url
 
 
 def test_the_servers_wait_for_migrations_and_nginx_waits_for_healthy_servers() -> None:
@@ -554,6 +644,9 @@ class Sandbox:
         environment["PATH"] = f"{VENV_BIN}:/usr/bin:/bin"
         # The container's /tmp is a tmpfs of its own; here the sandbox's directory stands in.
         environment["TMPDIR"] = str(self.root / "tmp")
+        # No db service here: SQLite in the sandbox's var stands in for compose's PostgreSQL
+        # (`make docker-test` runs the real one).
+        environment["DATABASE_URL"] = ""
         environment.update(overrides)
         return environment
 
@@ -1098,7 +1191,7 @@ def test_compose_stack_serves_through_nginx_in_a_pod(
     try:
         # compose's order: migrate to completion, then the servers, then nginx once they are
         # healthy. Inside the pod nginx reaches the servers from 127.0.0.1, not from its
-        # compose address: the only value changed.
+        # compose address: the only value changed (besides the sandbox's SQLite for the db).
         env = {
             name: sandbox.environment(name, FORWARDED_ALLOW_IPS="127.0.0.1")
             for name in services
