@@ -12,7 +12,7 @@ from typing import Any
 
 from deploy.bench.scenarios import BUILTIN, Scenario
 from deploy.bench.stats import CellStats, aggregate, find
-from deploy.bench.targets import PASS, Target, checks, targets
+from deploy.bench.targets import PASS, UNDECIDED, Target, checks, targets
 
 # The workloads of the verdict, by showcase scenario.
 WORKLOADS = {
@@ -35,6 +35,8 @@ class Analysis:
     targets: list[Target]
     checks: list[dict[str, Any]]
     contenders: list[str]
+    # One line per cell that answered a status its scenario does not expect: the run exits 1.
+    wrong_status: list[str]
 
     @property
     def options(self) -> Mapping[str, Any]:
@@ -69,8 +71,34 @@ def analyse(results: Mapping[str, Any]) -> Analysis:
         cells, results["sse_runs"], scenarios, contenders, options["workers"], options["threads"]
     )
     return Analysis(
-        results, scenarios, cells, found_targets, checks(cells, scenarios, contenders), contenders
+        results,
+        scenarios,
+        cells,
+        found_targets,
+        checks(cells, scenarios, contenders),
+        contenders,
+        wrong_status(cells, scenarios),
     )
+
+
+def wrong_status(cells: Mapping[str, CellStats], scenarios: Mapping[str, Scenario]) -> list[str]:
+    """Return a line for every cell that answered a status its scenario does not expect.
+
+    Either the probe before a run answered another status (the cell was not measured), or wrk
+    counted answers of 400 or more where the scenario expects a success.
+    """
+    found = []
+    for cell in cells.values():
+        scenario = scenarios.get(cell.scenario)
+        expected = scenario.status if scenario else 200
+        if cell.skipped:
+            found.append(f"{cell.key}: {cell.skipped}")
+        elif expected < 400 and cell.errors.get("status"):
+            found.append(
+                f"{cell.key}: {cell.errors['status']:,} of {cell.requests:,} answers had a "
+                f"status of 400 or more, expected {expected}"
+            )
+    return found
 
 
 def best(analysis: Analysis, scenario: str) -> tuple[CellStats | None, list[CellStats]]:
@@ -130,7 +158,12 @@ def verdict_lines(analysis: Analysis) -> list[str]:
         lines.append(f"**{top_clients:,} event streams on one worker**: " + "; ".join(parts) + ".")
     passed = sum(target.verdict == PASS for target in analysis.targets)
     measured = sum(target.verdict != "NOT MEASURED" for target in analysis.targets)
-    lines.append(f"**Targets**: {passed} of {measured} measured targets pass (of 6).")
+    undecided = sum(target.verdict == UNDECIDED for target in analysis.targets)
+    lines.append(
+        f"**Targets**: {passed} of {measured} measured targets pass (of 6)"
+        + (f", {undecided} undecided (within the noise)" if undecided else "")
+        + "."
+    )
     return lines
 
 

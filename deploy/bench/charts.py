@@ -1,4 +1,9 @@
-"""PNG charts with matplotlib's Agg backend (no display needed): throughput, latency, memory."""
+"""PNG charts with matplotlib's Agg backend (no display needed): throughput, latency, memory.
+
+A cell that was planned but not measured (its URL answered another status) stays in the
+throughput and latency charts as an empty hatched bar or a cross labelled "n/a", never a bar
+or a line that is silently absent.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: render to files, never open a window
 
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
@@ -18,6 +24,8 @@ from deploy.bench.stats import CellStats, find
 
 MIB = 1024 * 1024
 DPI = 110
+MISSING = "n/a"
+MISSING_NOTE = "n/a: not measured (answered another status, see report.md)"
 
 
 def save(figure: Figure, path: Path) -> str:
@@ -29,12 +37,21 @@ def save(figure: Figure, path: Path) -> str:
 
 
 def series(analysis: Analysis, scenario: str) -> dict[str, list[CellStats]]:
-    """Return the direct cells of `scenario` per contender (native, stock and bare)."""
+    """Return the direct cells of `scenario` per contender (native, stock and bare).
+
+    Unmeasured cells included: the charts draw them as missing.
+    """
     found: dict[str, list[CellStats]] = {}
     for cell in analysis.cells.values():
-        if cell.scenario == scenario and cell.via == "direct" and cell.measured:
+        if cell.scenario == scenario and cell.via == "direct":
             found.setdefault(cell.contender, []).append(cell)
     return {name: sorted(cells, key=lambda c: c.concurrency) for name, cells in found.items()}
+
+
+def missing_bar(axis: Axes, x: float, height: float, width: float = 0.8) -> None:
+    """Draw an unmeasured cell: an empty hatched bar, labelled n/a."""
+    axis.bar(x, height, width, fill=False, hatch="//", edgecolor="grey", linewidth=0.8)
+    axis.text(x, height / 2, MISSING, ha="center", va="center", fontsize=8, color="dimgrey")
 
 
 def color(analysis: Analysis, contender: str) -> str:
@@ -52,7 +69,13 @@ def grid(count: int) -> tuple[int, int]:
 
 
 def throughput_chart(analysis: Analysis, out: Path) -> str | None:
-    """Draw requests/s per scenario and mode: lines over connections, bars for one level.
+    """Draw throughput.png (see throughput_figure)."""
+    figure = throughput_figure(analysis)
+    return save(figure, out / "throughput.png") if figure else None
+
+
+def throughput_figure(analysis: Analysis) -> Figure | None:
+    """Return requests/s per scenario and mode: lines over connections, bars for one level.
 
     The bare apps are left out (ceiling.png): at ten times Django's figures they would
     flatten every other line.
@@ -69,8 +92,10 @@ def throughput_chart(analysis: Analysis, out: Path) -> str | None:
     for index, (name, found) in enumerate(panels):
         axis = axes[index // columns][index % columns]
         levels = sorted({cell.concurrency for cells in found.values() for cell in cells})
+        missing = [cell for cells in found.values() for cell in cells if not cell.measured]
         if len(levels) > 1:
-            for contender, cells in found.items():
+            for contender, all_cells in found.items():
+                cells = [cell for cell in all_cells if cell.measured]
                 x = [cell.concurrency for cell in cells]
                 y = [cell.rps.median for cell in cells]
                 errors = [
@@ -82,11 +107,24 @@ def throughput_chart(analysis: Analysis, out: Path) -> str | None:
                     x,
                     y,
                     yerr=errors,
-                    label=contender,
+                    label=contender if cells else f"{contender} ({MISSING})",
                     marker="o",
                     linestyle=style,
                     capsize=3,
                     color=color(analysis, contender),
+                )
+            for cell in missing:
+                axis.plot(
+                    cell.concurrency, 0, marker="x", color=color(analysis, cell.contender), ms=9
+                )
+                axis.annotate(
+                    MISSING,
+                    (cell.concurrency, 0),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize=7,
+                    color="dimgrey",
                 )
             axis.set_xscale("log")
             axis.xaxis.set_minor_formatter(NullFormatter())
@@ -97,24 +135,28 @@ def throughput_chart(analysis: Analysis, out: Path) -> str | None:
         else:
             names = list(found)
             cells = [found[contender][0] for contender in names]
-            axis.bar(
-                range(len(cells)),
-                [cell.rps.median for cell in cells],
-                yerr=[
-                    [cell.rps.median - cell.rps.low for cell in cells],
-                    [cell.rps.high - cell.rps.median for cell in cells],
-                ],
-                capsize=3,
-                color=[color(analysis, contender) for contender in names],
-            )
+            top = max((cell.rps.high for cell in cells if cell.measured), default=1.0) or 1.0
+            for position, (contender, cell) in enumerate(zip(names, cells, strict=True)):
+                if not cell.measured:
+                    missing_bar(axis, position, top)
+                    continue
+                axis.bar(
+                    position,
+                    cell.rps.median,
+                    yerr=[[cell.rps.median - cell.rps.low], [cell.rps.high - cell.rps.median]],
+                    capsize=3,
+                    color=color(analysis, contender),
+                )
             axis.set_xticks(range(len(cells)), names, rotation=30, ha="right", fontsize=7)
             axis.set_title(f"{name} at {levels[0]} connections")
+        if missing:
+            axis.set_xlabel(MISSING_NOTE, fontsize=7)
         axis.set_ylabel("requests/s (median, min-max)")
         axis.grid(True, alpha=0.3)
     for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].axis("off")
     figure.suptitle("Throughput (direct, no nginx)")
-    return save(figure, out / "throughput.png")
+    return figure
 
 
 def ceiling_chart(analysis: Analysis, out: Path) -> str | None:
@@ -140,7 +182,13 @@ def ceiling_chart(analysis: Analysis, out: Path) -> str | None:
 
 
 def latency_chart(analysis: Analysis, out: Path) -> str | None:
-    """Draw p50/p90/p99 per mode at each scenario's highest concurrency (log scale)."""
+    """Draw latency.png (see latency_figure)."""
+    figure = latency_figure(analysis)
+    return save(figure, out / "latency.png") if figure else None
+
+
+def latency_figure(analysis: Analysis) -> Figure | None:
+    """Return p50/p90/p99 per mode at each scenario's highest concurrency (log scale)."""
     panels = []
     for name in analysis.scenarios:
         cells = [cells[-1] for cells in series(analysis, name).values()]
@@ -153,25 +201,41 @@ def latency_chart(analysis: Analysis, out: Path) -> str | None:
     for index, (name, cells) in enumerate(panels):
         axis = axes[index // columns][index % columns]
         width = 0.27
-        positions = range(len(cells))
+        measured = [(p, cell) for p, cell in enumerate(cells) if cell.measured]
         for offset, (label, key) in enumerate(
             (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))
         ):
-            values = [max(getattr(cell, key).median, 0.01) for cell in cells]
-            axis.bar([p + (offset - 1) * width for p in positions], values, width, label=label)
-        axis.set_xticks(list(positions))
+            values = [max(getattr(cell, key).median, 0.01) for _, cell in measured]
+            axis.bar(
+                [p + (offset - 1) * width for p, _ in measured],
+                values,
+                width,
+                label=label,
+                color=f"C{offset}",
+            )
+        axis.set_yscale("log")
+        top = max((cell.p99_ms.median for _, cell in measured), default=1.0)
+        for position, cell in enumerate(cells):
+            if not cell.measured:
+                # On a log axis a bar starts at the bottom limit; from 0.01 ms it always shows.
+                missing_bar(axis, position, max(top, 1.0), width=3 * width)
+        if len(measured) < len(cells):
+            axis.set_ylim(bottom=0.01)
+            axis.set_xlabel(MISSING_NOTE, fontsize=7)
+        axis.set_xticks(list(range(len(cells))))
         axis.set_xticklabels(
             [cell.contender for cell in cells], rotation=35, ha="right", fontsize=7
         )
-        axis.set_yscale("log")
         axis.set_ylabel("latency, ms (log)")
-        axis.set_title(f"{name} at {cells[0].concurrency} connections")
+        level = max(cell.concurrency for cell in cells)
+        axis.set_title(f"{name} at {level} connections")
         axis.grid(True, axis="y", alpha=0.3)
-        axis.legend(fontsize=7)
+        if measured:
+            axis.legend(fontsize=7)
     for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].axis("off")
     figure.suptitle("Latency percentiles (direct)")
-    return save(figure, out / "latency.png")
+    return figure
 
 
 def memory_chart(analysis: Analysis, out: Path) -> str | None:
@@ -241,21 +305,37 @@ def sse_chart(analysis: Analysis, out: Path) -> str | None:
 
 
 def nginx_chart(analysis: Analysis, out: Path) -> str | None:
-    """Draw direct against nginx throughput per mode."""
-    pairs = []
+    """Draw direct against nginx throughput per mode (an unmeasured side as n/a)."""
+    names: list[str] = []
+    sides: dict[str, list[CellStats]] = {"direct": [], "through nginx": []}
     for cell in analysis.cells.values():
-        if cell.via == "nginx" and cell.measured:
-            direct = find(analysis.cells, cell.contender, cell.scenario, cell.concurrency)
-            if direct:
-                pairs.append((cell.contender, direct[0].rps.median, cell.rps.median))
-    if not pairs:
+        direct = analysis.cells.get(cell.key.replace("|nginx", "|direct"))
+        if cell.via == "nginx" and direct is not None:
+            names.append(cell.contender)
+            sides["direct"].append(direct)
+            sides["through nginx"].append(cell)
+    if not names:
         return None
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(pairs) + 2), 4.0))
-    positions = range(len(pairs))
-    axis.bar([p - 0.2 for p in positions], [d for _, d, _ in pairs], 0.4, label="direct")
-    axis.bar([p + 0.2 for p in positions], [n for _, _, n in pairs], 0.4, label="through nginx")
-    axis.set_xticks(list(positions))
-    axis.set_xticklabels([name for name, _, _ in pairs], rotation=20, ha="right", fontsize=8)
+    every = [cell for cells in sides.values() for cell in cells]
+    top = max((cell.rps.median for cell in every if cell.measured), default=0.0) or 1.0
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4.0))
+    for index, (label, cells) in enumerate(sides.items()):
+        offset = -0.2 if index == 0 else 0.2
+        drawn = [(position, cell) for position, cell in enumerate(cells) if cell.measured]
+        axis.bar(
+            [position + offset for position, _ in drawn],
+            [cell.rps.median for _, cell in drawn],
+            0.4,
+            label=label,
+            color=f"C{index}",
+        )
+        for position, cell in enumerate(cells):
+            if not cell.measured:
+                missing_bar(axis, position + offset, top, width=0.4)
+    if not all(cell.measured for cell in every):
+        axis.set_xlabel(MISSING_NOTE, fontsize=7)
+    axis.set_xticks(list(range(len(names))))
+    axis.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     axis.set_ylabel("requests/s (median)")
     axis.set_title("nginx in front")
     axis.grid(True, axis="y", alpha=0.3)

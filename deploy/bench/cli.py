@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import dj_database_url
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,9 +35,10 @@ from deploy.bench.analysis import analyse, scenario_dict
 from deploy.bench.contenders import ContenderError, available_modes, parse_modes
 from deploy.bench.infra import InfraError
 from deploy.bench.plan import Options, Plan, build, builtin_scenarios, default_cpus
-from deploy.bench.runner import BenchError, Runner, now, raise_open_files_limit
+from deploy.bench.runner import BenchError, Runner, hide_password, now, raise_open_files_limit
 from deploy.bench.scenarios import (
     ENDPOINT_NAMES,
+    STREAM,
     Scenario,
     ScenarioError,
     from_url,
@@ -60,6 +62,11 @@ QUICK = {
     "sse_interval": 100,
 }
 EXIT_INTERRUPTED = 130
+# The summary of wrong statuses lists this many cells, then counts the rest.
+SHOWN_WRONG = 10
+NOTHING_TO_MEASURE = (
+    "nothing to measure: --endpoints names no showcase endpoint and there is no --url or --scenario"
+)
 
 
 class UsageError(ValueError):
@@ -78,8 +85,14 @@ def parser() -> argparse.ArgumentParser:
         epilog=(
             "Examples: `python -m deploy.bench --quick`; "
             "`python -m deploy.bench --url /api/items/ --modes wsgi_gthread,asgi_uvicorn`; "
-            "`python -m deploy.bench --scenario my-scenarios.toml --no-stock`. "
-            "Needs wrk (`sudo apt-get install wrk`) and, for the nginx cells, nginx."
+            "`python -m deploy.bench --scenario my-scenarios.toml --no-stock`; "
+            "`python -m deploy.bench --endpoints '' --url /blog/1/ --fixture blog.json`. "
+            "Django runs with production settings on a private SQLite database, freshly migrated "
+            "in the work directory; DATABASE_URL from the environment is ignored (see "
+            "--database-url and --fixture). "
+            "Needs wrk (`sudo apt-get install wrk`) and, for the nginx cells, nginx. "
+            "Exit status: 0 every cell answered the status it expects, 1 a failed run or a cell "
+            "that answered another status (listed at the end), 2 a usage error, 130 stopped."
         ),
     )
     p.add_argument(
@@ -95,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--endpoints",
         help=f"comma-separated showcase endpoints (default: {','.join(DEFAULT_ENDPOINTS)}); "
-        "'stream' selects the SSE runs",
+        "'stream' selects the SSE runs; '' for none (then --url or --scenario is the work)",
     )
     p.add_argument(
         "--concurrency",
@@ -131,6 +144,23 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FILE",
         help="TOML scenario file (repeatable; see deploy/bench/scenarios.py)",
+    )
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="serve from this database instead of the private one, e.g. "
+        "postgres://user:pass@host/db or sqlite:////abs/db.sqlite3 (`--database-url "
+        '"$DATABASE_URL"` for yours): used as it is, neither migrated nor loaded, and a '
+        "scenario that writes (POST) writes to it",
+    )
+    p.add_argument(
+        "--fixture",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="load FILE (a `manage.py dumpdata` fixture) into the private database after "
+        "migrating it (repeatable, in order)",
     )
     p.add_argument("--no-nginx", action="store_true", help="skip the cells through nginx")
     p.add_argument("--no-stock", action="store_true", help="skip the stock profile")
@@ -187,6 +217,45 @@ def positive(
     return chosen
 
 
+def database_url(text: str | None) -> str:
+    """Return --database-url checked ("" when not given), a relative SQLite path made absolute.
+
+    The servers run in the checkout, not where the command was typed; and SQLite creates a
+    missing file, so a mistyped path would serve an empty database.
+    """
+    if text is None:
+        return ""
+    try:
+        config = dj_database_url.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"--database-url {hide_password(text)!r}: {exc}") from None
+    if config.get("ENGINE") != "django.db.backends.sqlite3":
+        return text
+    name = str(config.get("NAME") or "")
+    if name in ("", ":memory:"):
+        raise UsageError(
+            "--database-url: an in-memory SQLite database is empty and private to each worker; "
+            "give a file, e.g. sqlite:////abs/path/db.sqlite3"
+        )
+    path = Path(name).absolute()
+    if not path.is_file():
+        raise UsageError(f"--database-url: no SQLite database at {path}")
+    return f"sqlite:///{path}"
+
+
+def fixtures(paths: Sequence[Path], url: str | None) -> tuple[Path, ...]:
+    """Return the --fixture files, absolute, once each exists (and no --database-url is given)."""
+    if paths and url is not None:
+        raise UsageError(
+            "--fixture loads into the private database; with --database-url the data is "
+            "already yours: load it there yourself (`manage.py loaddata`)"
+        )
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise UsageError(f"--fixture: no such file {', '.join(missing)}")
+    return tuple(path.absolute() for path in paths)
+
+
 def options_from(args: argparse.Namespace) -> Options:
     """Return the run's options from the command line (--quick fills what is not given)."""
     quick: dict[str, Any] = QUICK if args.quick else {}
@@ -196,11 +265,14 @@ def options_from(args: argparse.Namespace) -> Options:
         return quick.get(name) if value is None else value
 
     modes = parse_modes(pick("modes") or ",".join(available_modes()))
-    endpoints = parse_endpoints(pick("endpoints") or ",".join(DEFAULT_ENDPOINTS))
+    chosen = pick("endpoints")
+    endpoints = parse_endpoints(",".join(DEFAULT_ENDPOINTS) if chosen is None else chosen)
     user: list[Scenario] = [from_url(path) for path in args.url]
     for path in args.scenario:
         user += load_file(path)
     scenarios = builtin_scenarios(tuple(endpoints)) + user
+    if not scenarios and STREAM not in endpoints:
+        raise UsageError(NOTHING_TO_MEASURE)
     names = [scenario.name for scenario in scenarios]
     if len(set(names)) != len(names):
         raise UsageError(f"scenario names must differ: {names}")
@@ -211,6 +283,8 @@ def options_from(args: argparse.Namespace) -> Options:
     return Options(
         out=(args.out or RESULTS_ROOT / stamp).absolute(),
         modes=tuple(modes),
+        database_url=database_url(args.database_url),
+        fixtures=fixtures(args.fixture, args.database_url),
         endpoints=tuple(endpoints),
         scenarios=tuple(scenarios),
         concurrency=parse_levels(pick("concurrency") or ""),
@@ -239,6 +313,8 @@ def options_dict(options: Options) -> dict[str, Any]:
     """Return the options for results.json."""
     data = {name: getattr(options, name) for name in Options.__dataclass_fields__}
     data["out"] = str(options.out)
+    data["database_url"] = hide_password(options.database_url)
+    data["fixtures"] = [str(path) for path in options.fixtures]
     data["scenarios"] = [scenario.name for scenario in options.scenarios]
     return {
         name: list(value) if isinstance(value, tuple) else value for name, value in data.items()
@@ -252,6 +328,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[str]:
     results["cells"] = [cell.as_dict() for cell in analysis.cells.values()]
     results["targets"] = [target.as_dict() for target in analysis.targets]
     results["checks"] = analysis.checks
+    results["wrong_status"] = analysis.wrong_status
     (out / "results.json").write_text(
         json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8"
     )
@@ -279,7 +356,7 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; return the exit status (0 complete, 1 failed, 2 usage, 130 stopped)."""
+    """Run the benchmark; return 0, 1 (failed, or a wrong status), 2 (usage) or 130 (stopped)."""
     args = parser().parse_args(argv)
     console = Console(stderr=True)
     if args.rebuild:
@@ -379,6 +456,11 @@ def run(
     for line in report.summary_lines(analysis):
         console.print(line)
     console.print(f"results.json, report.md and {len(drawn)} charts in {options.out}")
+    if status == "complete" and analysis.wrong_status:
+        # Not markup: the lines quote the answers' bodies, which may hold [brackets].
+        console.print(wrong_status_summary(analysis.wrong_status), style="red", markup=False)
+        console.print(f"server logs kept in {workdir}")
+        return 1
     if status == "complete":
         if not keep_work:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -388,3 +470,18 @@ def run(
         console.print("stopped: " + ", ".join(stopped))
     console.print(f"server logs kept in {workdir}")
     return EXIT_INTERRUPTED if status == "interrupted" else 1
+
+
+def wrong_status_summary(lines: Sequence[str]) -> str:
+    """Return what the command prints when cells answered a status they do not expect."""
+    shown = [f"  {line}" for line in lines[:SHOWN_WRONG]]
+    if len(lines) > SHOWN_WRONG:
+        shown.append(f"  and {len(lines) - SHOWN_WRONG} more (report.md)")
+    return "\n".join(
+        [
+            f"{len(lines)} cell(s) answered a status they do not expect, so their figures are not "
+            "what was asked for (exit 1); check the URL, the database (--database-url, "
+            "--fixture) and the server logs:",
+            *shown,
+        ]
+    )

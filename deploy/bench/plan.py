@@ -58,6 +58,9 @@ class Options:
     server_cpus: tuple[int, ...] = ()
     load_cpus: tuple[int, ...] = ()
     quick: bool = False
+    # "": a private SQLite database, freshly migrated, with `fixtures` loaded into it.
+    database_url: str = ""
+    fixtures: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)

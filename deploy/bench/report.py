@@ -8,6 +8,7 @@ from typing import Any
 
 from deploy.bench.analysis import Analysis, verdict_lines
 from deploy.bench.stats import CellStats, Spread
+from deploy.bench.targets import NGINX_RULE, nginx_costs, nginx_verdict
 from deploy.servers import REPO_ROOT
 
 MIB = 1024 * 1024
@@ -104,11 +105,25 @@ def header_section(analysis: Analysis) -> list[str]:
         f"{options['duration_s']:g} s per run after a {options['warmup_s']:g} s "
         f"warm-up, {options['repeat']} repeats in alternating order on one fresh server per mode, "
         f"wrk timeout {options['timeout_s']:g} s; "
-        "Django in production settings (DEBUG off) on SQLite; "
+        f"Django in production settings (DEBUG off) on {database(options)}; "
         "gunicorn's worker recycling off (`--max-requests 0`); figures are medians (min-max).",
-        "",
     ]
-    return lines
+    wrong = analysis.wrong_status
+    if wrong:
+        lines.append(
+            f"- **Wrong status**: {len(wrong)} cell(s) answered a status they do not expect, "
+            "so the command exited 1: " + "; ".join(f"`{line}`" for line in wrong)
+        )
+    return [*lines, ""]
+
+
+def database(options: Any) -> str:
+    """Return which database the servers used, as the options record it."""
+    if options.get("database_url"):
+        return f"the database at `{options['database_url']}` (--database-url), used as it was"
+    fixtures = options.get("fixtures") or []
+    loaded = f", with {', '.join(f'`{name}`' for name in fixtures)} loaded" if fixtures else ""
+    return f"a private SQLite database, freshly migrated{loaded}"
 
 
 def fmt_cpus(cpus: Sequence[int]) -> str:
@@ -201,6 +216,8 @@ def nginx_section(analysis: Analysis) -> list[str]:
         if direct is None or not direct.measured or not direct.rps.median:
             continue
         cost = 1 - cell.rps.median / direct.rps.median
+        costs = nginx_costs(direct, cell)
+        found, reason = nginx_verdict(costs)
         nginx_cpu = cell.nginx_cpu_percent.median if cell.nginx_cpu_percent else 0.0
         rows.append(
             [
@@ -209,6 +226,8 @@ def nginx_section(analysis: Analysis) -> list[str]:
                 f"{direct.rps.median:,.0f}",
                 f"{cell.rps.median:,.0f}",
                 f"{100 * cost:+.1f}%",
+                " / ".join(f"{100 * value:+.0f}%" for value in costs) or "-",
+                f"{found} ({reason})",
                 f"{direct.p99_ms.median:.1f} / {cell.p99_ms.median:.1f}",
                 f"{nginx_cpu:.0f}%",
             ]
@@ -219,7 +238,8 @@ def nginx_section(analysis: Analysis) -> list[str]:
         "## nginx in front",
         "",
         "The shipped config (deploy/nginx.py, upstream keep-alive, buffered access log), one "
-        "nginx worker on the load generator's CPU. Cost = 1 - (through nginx / direct).",
+        "nginx worker on the load generator's CPU. Cost = 1 - (through nginx / direct), of the "
+        f"medians and of each repeat. Target 5's {NGINX_RULE}.",
         "",
         *table(
             [
@@ -228,6 +248,8 @@ def nginx_section(analysis: Analysis) -> list[str]:
                 "direct req/s",
                 "nginx req/s",
                 "cost",
+                "cost per repeat",
+                "target 5",
                 "p99 direct / nginx (ms)",
                 "nginx CPU",
             ],
@@ -402,6 +424,7 @@ SHOWN_ENV = (
     "WEB_CONCURRENCY",
     "GUNICORN_THREADS",
     "GUNICORN_CMD_ARGS",
+    "DATABASE_URL",
 )
 
 
@@ -424,8 +447,8 @@ def reproduce_section(analysis: Analysis) -> list[str]:
         ]
         lines += [
             f"A server as the harness starts it, e.g. {first_server['contender']} (bound with "
-            "BIND=127.0.0.1:<port>; the database and static files live in a private "
-            "DJANGO_VAR_DIR):",
+            "BIND=127.0.0.1:<port>; static files, and the database unless DATABASE_URL "
+            "names one, live in a private DJANGO_VAR_DIR):",
             "",
             "```sh",
             " ".join([*assignments, shown_command(first_server["argv"], root)]),

@@ -18,7 +18,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,15 @@ def raise_open_files_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def server_env(var_dir: Path) -> dict[str, str | None]:
-    """Return the environment every Django server runs with: production, on a private DB."""
+def server_env(var_dir: Path, database_url: str = "") -> dict[str, str | None]:
+    """Return the environment every Django server runs with: production, on a private DB.
+
+    With `database_url`, on that database instead; DATABASE_URL from the caller's environment
+    never leaks in (removed as every other inherited setting).
+    """
     env: dict[str, str | None] = dict.fromkeys(servers.INHERITED_SETTINGS)
+    if database_url:
+        env["DATABASE_URL"] = database_url
     env.update(
         {
             # Production settings, as deployed, except the HTTPS redirect: the load is plain
@@ -76,8 +83,32 @@ def server_env(var_dir: Path) -> dict[str, str | None]:
 
 
 def shown_env(env: dict[str, str | None]) -> dict[str, str | None]:
-    """Return `env` for results.json, the secret key hidden."""
-    return {k: ("<random>" if k == "DJANGO_SECRET_KEY" and v else v) for k, v in env.items()}
+    """Return `env` for results.json, the secret key and the database password hidden."""
+    hidden = {"DJANGO_SECRET_KEY": lambda value: "<random>", "DATABASE_URL": hide_password}
+    return {k: (hidden[k](v) if k in hidden and v else v) for k, v in env.items()}
+
+
+def hide_password(url: str) -> str:
+    """Return a database URL with its password, if any, replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def manage_steps(database_url: str, fixtures: Sequence[Path]) -> list[list[str]]:
+    """Return the manage.py commands that prepare a run's database and static files.
+
+    The private database is migrated, then the fixtures are loaded in order; a database of
+    the user's (`database_url`) is used as it is.
+    """
+    steps = []
+    if not database_url:
+        steps.append(["migrate", "--noinput", "--verbosity", "0"])
+        steps += [["loaddata", "--verbosity", "0", str(path)] for path in fixtures]
+    steps.append(["collectstatic", "--noinput", "--verbosity", "0"])
+    return steps
 
 
 def probe(port: int, scenario: Scenario, interface: str) -> tuple[int, str]:
@@ -111,7 +142,7 @@ class Runner:
         self.notify = notify
         self.advance = advance
         self.var_dir = workdir / "var"
-        self.env = server_env(self.var_dir)
+        self.env = server_env(self.var_dir, self.options.database_url)
         self.running: list[tuple[str, servers.Server]] = []
         self.wrk_process: subprocess.Popen[str] | None = None
         self.upstream: servers.Server | None = None
@@ -158,13 +189,11 @@ class Runner:
     # --- preparation -----------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Create the private database and static files; start the upstream when needed."""
+        """Prepare the database and static files; start the upstream when needed."""
         self.var_dir.mkdir(parents=True, exist_ok=True)
-        for command in (
-            ["manage.py", "migrate", "--noinput", "--verbosity", "0"],
-            ["manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-        ):
-            done = subprocess.run(  # noqa: S603  (our interpreter, fixed arguments)
+        for step in manage_steps(self.options.database_url, self.options.fixtures):
+            command = ["manage.py", *step]
+            done = subprocess.run(  # noqa: S603  (our interpreter, arguments built here)
                 [sys.executable, *command],
                 cwd=servers.REPO_ROOT,
                 env=servers.merged_environment(self.env),

@@ -68,6 +68,8 @@ class CellStats:
     wrk_cpu_percent: float
     skipped: str = ""
     flags: list[str] = field(default_factory=list)
+    # Each repeat's throughput by repeat number: pairs cells measured side by side (target 5).
+    rps_by_repeat: dict[int, float] = field(default_factory=dict)
 
     @property
     def error_count(self) -> int:
@@ -137,6 +139,7 @@ def cell_stats(key: str, runs: Sequence[Mapping[str, Any]], wrk_threads: int) ->
         nginx_cpu_percent=Spread.of(nginx_runs) if nginx_runs else None,
         wrk_cpu_percent=max((run.get("wrk_cpu_percent", 0.0) for run in measured), default=0.0),
         skipped=skipped,
+        rps_by_repeat={int(run["repeat"]): run["wrk"]["rps"] for run in measured},
     )
     stats.flags = flags(stats, wrk_threads)
     return stats

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from deploy import nginx, servers
-from deploy.bench import cli, plan, procs, scenarios, sse, stats, targets, wrk
+from deploy.bench import analysis, charts, cli, plan, procs, scenarios, sse, stats, targets, wrk
 from deploy.bench.contenders import (
     Contender,
     ContenderError,
@@ -32,9 +32,12 @@ from deploy.bench.contenders import (
     launch,
     parse_modes,
 )
-from deploy.bench.runner import Runner
+from deploy.bench.runner import Runner, manage_steps, server_env, shown_env
 
 DATA = Path(__file__).parent / "data"
+FIXTURE = DATA / "bench-fixture.json"
+# Answers 404 until FIXTURE (item 4242) is loaded: the user's page that needs the user's data.
+FIXTURE_URL = "/sync/db/?id=4242"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -358,23 +361,64 @@ def test_targets_4_and_6_read_the_largest_asgi_sse_run() -> None:
     assert targets.target_6(runs).verdict == targets.FAIL
 
 
-def test_target_5_compares_nginx_with_direct() -> None:
-    direct = plan.Cell("asgi_uvicorn", "hello", 100)
-    proxied = plan.Cell("asgi_uvicorn", "hello", 100, via="nginx")
-    runs = [run_record(direct, recorded("wrk-script-ok.txt"))]
-    runs.append(
-        {
-            **run_record(proxied, scaled(recorded("wrk-script-ok.txt"), 0.95)),
-            "nginx": {"cpu_percent": 20.0},
-        }
-    )
-    target = targets.target_5(stats.aggregate(runs), ["asgi_uvicorn"])
-    assert (target.verdict, target.figure) == (targets.PASS, "asgi_uvicorn +5%")
-    runs[1] = {
-        **run_record(proxied, scaled(recorded("wrk-script-ok.txt"), 0.85)),
-        "nginx": {"cpu_percent": 20.0},
-    }
-    assert targets.target_5(stats.aggregate(runs), ["asgi_uvicorn"]).verdict == targets.FAIL
+def nginx_runs(mode: str, *repeats: tuple[float, float]) -> list[dict[str, Any]]:
+    """Return one mode's direct and nginx runs, as (direct, nginx) scale factors per repeat."""
+    direct = plan.Cell(mode, "hello", 100)
+    proxied = plan.Cell(mode, "hello", 100, via="nginx")
+    ok = recorded("wrk-script-ok.txt")
+    runs = []
+    for repeat, (direct_factor, nginx_factor) in enumerate(repeats, 1):
+        runs.append(run_record(direct, scaled(ok, direct_factor), repeat))
+        runs.append(
+            {
+                **run_record(proxied, scaled(ok, nginx_factor), repeat),
+                "nginx": {"cpu_percent": 20.0},
+            }
+        )
+    return runs
+
+
+def nginx_target(*repeats: tuple[float, float]) -> targets.Target:
+    """Return target 5 for asgi_uvicorn alone over `repeats` (see nginx_runs)."""
+    return targets.target_5(stats.aggregate(nginx_runs("asgi_uvicorn", *repeats)), ["asgi_uvicorn"])
+
+
+def test_target_5_pairs_each_nginx_repeat_with_its_direct_run() -> None:
+    passing = nginx_target((1.0, 0.95), (1.0, 0.97), (1.0, 0.93))
+    assert (passing.verdict, passing.figure) == (targets.PASS, "asgi_uvicorn +5% (+3% to +7%)")
+    assert passing.details[0] == targets.NGINX_RULE
+    failing = nginx_target((1.0, 0.80), (1.0, 0.85), (1.0, 0.75))
+    assert failing.verdict == targets.FAIL
+
+
+def test_target_5_on_noise_is_undecided_not_pass_or_fail() -> None:
+    # Two runs of the same noisy machine: the medians alone said PASS (nginx 0.95 of direct)
+    # and then FAIL (0.85). Paired per repeat, each straddles 10%, and says so.
+    for repeats in (
+        ((0.5, 0.92), (1.0, 0.95), (1.0, 0.70)),
+        ((0.5, 1.035), (1.0, 0.85), (1.0, 0.80)),
+    ):
+        target = nginx_target(*repeats)
+        assert target.verdict == targets.UNDECIDED, target.details
+        assert "noise" in target.details[1]
+        assert "on both sides of 10%" in target.details[1]
+
+
+def test_target_5_needs_three_repeats_to_decide() -> None:
+    target = nginx_target((1.0, 0.95))
+    assert target.verdict == targets.UNDECIDED
+    assert "3 needed" in target.details[1]
+
+
+def test_target_5_fails_when_one_mode_fails_and_passes_only_when_every_mode_does() -> None:
+    passing = nginx_runs("asgi_uvicorn", (1.0, 0.95), (1.0, 0.97), (1.0, 0.93))
+    undecided = nginx_runs("wsgi_sync", (0.5, 0.92), (1.0, 0.95), (1.0, 0.70))
+    failing = nginx_runs("wsgi_gthread", (1.0, 0.80), (1.0, 0.85), (1.0, 0.75))
+    modes = ["asgi_uvicorn", "wsgi_sync", "wsgi_gthread"]
+    verdict = targets.target_5(stats.aggregate(passing + undecided + failing), modes).verdict
+    assert verdict == targets.FAIL
+    verdict = targets.target_5(stats.aggregate(passing + undecided), modes).verdict
+    assert verdict == targets.UNDECIDED
 
 
 def test_checks_flag_a_django_figure_at_the_servers_ceiling() -> None:
@@ -554,6 +598,179 @@ def test_contender_commands() -> None:
     assert argv[argv.index("--port") + 1] == "8123"
     assert argv[argv.index("--workers") + 1] == "3"
     assert argv[-1] == "project.asgi:application"
+
+
+# --- The user's own pages and data -------------------------------------------------------------
+
+
+def args_of(*argv: str) -> plan.Options:
+    """Return the options of a command line."""
+    return cli.options_from(cli.parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("quick", [[], ["--quick"]])
+def test_empty_endpoints_mean_none(quick: list[str]) -> None:
+    chosen = args_of(*quick, "--endpoints", "", "--url", "/blog/1/")
+    assert chosen.endpoints == ()
+    assert [scenario.name for scenario in chosen.scenarios] == ["/blog/1/"]
+    built = plan.build(chosen)
+    # Without hello there is no stock or bare group, and without stream no SSE run.
+    assert {cell.scenario for group in built.groups for cell in group.cells} == {"/blog/1/"}
+    assert built.sse == []
+
+
+def test_nothing_to_measure_is_refused() -> None:
+    with pytest.raises(cli.UsageError, match="nothing to measure"):
+        args_of("--endpoints", "")
+    assert args_of("--endpoints", "stream").scenarios == ()  # the SSE runs alone
+
+
+def test_help_says_which_database_and_how_to_choose_another() -> None:
+    text = " ".join(cli.parser().format_help().split())
+    assert "private SQLite database, freshly migrated" in text
+    assert "DATABASE_URL from the environment is ignored" in text
+    assert "--database-url URL" in text
+    assert "--fixture FILE" in text
+    assert "1 a failed run or a cell that answered another status" in text
+
+
+def test_the_callers_database_url_never_reaches_the_servers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://someone@elsewhere/prod")
+    assert server_env(Path("/tmp/var"))["DATABASE_URL"] is None
+    assert manage_steps("", ())[0][0] == "migrate"
+
+
+def test_database_url_is_served_as_it_is_with_its_password_hidden() -> None:
+    url = "postgres://bench:s3cret@db.example:5432/shop"
+    chosen = args_of("--database-url", url, "--url", "/blog/1/")
+    assert chosen.database_url == url
+    runner = Runner(plan.build(chosen), "wrk", Path("/nonexistent"))
+    assert runner.env["DATABASE_URL"] == url
+    # Neither migrated nor loaded: the user's database is used as it is.
+    assert manage_steps(url, ()) == [["collectstatic", "--noinput", "--verbosity", "0"]]
+    hidden = "postgres://bench:***@db.example:5432/shop"
+    assert shown_env(runner.env)["DATABASE_URL"] == hidden
+    assert cli.options_dict(chosen)["database_url"] == hidden
+    assert "s3cret" not in json.dumps(cli.options_dict(chosen))
+
+
+def test_a_relative_sqlite_database_url_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mine.sqlite3").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    chosen = args_of("--database-url", "sqlite:///mine.sqlite3", "--endpoints", "hello")
+    # The servers run in the checkout: a relative path would name another (new, empty) file.
+    assert chosen.database_url == f"sqlite:///{tmp_path}/mine.sqlite3"
+
+
+def test_fixtures_load_in_order_after_migrating_the_private_database(tmp_path: Path) -> None:
+    second = tmp_path / "second.json"
+    second.write_text("[]", encoding="utf-8")
+    chosen = args_of("--fixture", str(FIXTURE), "--fixture", str(second), "--endpoints", "db")
+    assert chosen.fixtures == (FIXTURE, second)
+    assert [step[0] for step in manage_steps("", chosen.fixtures)] == [
+        "migrate",
+        "loaddata",
+        "loaddata",
+        "collectstatic",
+    ]
+    assert manage_steps("", chosen.fixtures)[2][-1] == str(second)
+    assert cli.options_dict(chosen)["fixtures"] == [str(FIXTURE), str(second)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--fixture", "/nonexistent/data.json"], "no such file"),
+        (["--fixture", str(FIXTURE), "--database-url", "postgres://h/db"], "private database"),
+        (["--database-url", "nope://host/db"], "unknown"),
+        (["--database-url", "sqlite:////nonexistent/db.sqlite3"], "no SQLite database"),
+        (["--database-url", "sqlite://:memory:"], "in-memory"),
+    ],
+)
+def test_bad_database_options_are_refused_with_a_reason(argv: list[str], message: str) -> None:
+    with pytest.raises(cli.UsageError, match=message):
+        args_of(*argv, "--endpoints", "hello")
+
+
+def results_of(runs: list[dict[str, Any]], *extra: scenarios.Scenario) -> dict[str, Any]:
+    """Return a results.json document around `runs`, for analysis and charts."""
+    chosen = [*plan.builtin_scenarios(("hello",)), *extra]
+    return {
+        "options": {"modes": ["wsgi_sync", "asgi_uvicorn"], "workers": 2, "threads": 4},
+        "scenarios": [analysis.scenario_dict(scenario) for scenario in chosen],
+        "runs": runs,
+        "sse_runs": [],
+        "servers": [],
+    }
+
+
+def unmeasured(cell: plan.Cell, reason: str) -> dict[str, Any]:
+    """Return a run whose probe answered another status, as the runner records it."""
+    run = {**run_record(cell, recorded("wrk-script-ok.txt")), "skipped": reason}
+    del run["wrk"]
+    return run
+
+
+def test_cells_that_answered_another_status_are_listed() -> None:
+    page = scenarios.from_url("/blog/1/")
+    runs = [
+        run_record(plan.Cell("asgi_uvicorn", "hello", 100), recorded("wrk-script-ok.txt")),
+        unmeasured(plan.Cell("asgi_uvicorn", "/blog/1/", 10), "answered 404, expected 200"),
+        # The probe answered 200, but under load wrk counted 400s.
+        run_record(
+            plan.Cell("wsgi_sync", "/blog/1/", 10), recorded("wrk-script-status-errors.txt")
+        ),
+    ]
+    found = analysis.analyse(results_of(runs, page)).wrong_status
+    assert found == [
+        "asgi_uvicorn|/blog/1/|c10|direct: answered 404, expected 200",
+        "wsgi_sync|/blog/1/|c10|direct: 246 of 246 answers had a status of 400 or more, "
+        "expected 200",
+    ]
+    summary = cli.wrong_status_summary(found * 6)
+    assert summary.startswith("12 cell(s) answered a status they do not expect")
+    assert summary.endswith("and 2 more (report.md)")
+
+
+def test_an_expected_error_status_is_not_a_wrong_status() -> None:
+    gone = scenarios.Scenario("gone", {"*": "/gone/"}, status=400)
+    runs = [
+        run_record(plan.Cell("wsgi_sync", "gone", 10), recorded("wrk-script-status-errors.txt"))
+    ]
+    assert analysis.analyse(results_of(runs, gone)).wrong_status == []
+
+
+def texts(axis: Any) -> list[str]:
+    """Return every text drawn on a chart's axis: labels, annotations, tick labels."""
+    drawn = [text.get_text() for text in axis.texts]
+    drawn += [label.get_text() for label in axis.get_xticklabels()]
+    return [*drawn, axis.get_title(), axis.get_xlabel()]
+
+
+def test_charts_keep_an_unmeasured_url_visible_as_missing() -> None:
+    page = scenarios.from_url("/blog/1/")
+    runs = [
+        run_record(plan.Cell("asgi_uvicorn", "hello", 100), recorded("wrk-script-ok.txt")),
+        unmeasured(plan.Cell("wsgi_sync", "hello", 100), "answered 500, expected 200"),
+        unmeasured(plan.Cell("asgi_uvicorn", "/blog/1/", 10), "answered 404, expected 200"),
+        unmeasured(plan.Cell("wsgi_sync", "/blog/1/", 10), "answered 404, expected 200"),
+    ]
+    analysed = analysis.analyse(results_of(runs, page))
+    for figure in (charts.throughput_figure(analysed), charts.latency_figure(analysed)):
+        assert figure is not None
+        panels = {axis.get_title(): texts(axis) for axis in figure.axes if axis.get_title()}
+        hello = next(drawn for title, drawn in panels.items() if title.startswith("hello"))
+        page_panel = next(drawn for title, drawn in panels.items() if "/blog/1/" in title)
+        # hello: asgi_uvicorn drawn, wsgi_sync kept as a labelled gap.
+        assert {"asgi_uvicorn", "wsgi_sync", charts.MISSING, charts.MISSING_NOTE} <= set(hello)
+        # The URL measured nowhere still has its panel, every mode marked missing.
+        assert page_panel.count(charts.MISSING) == 2, page_panel
+        assert {"asgi_uvicorn", "wsgi_sync"} <= set(page_panel)
+        charts.plt.close(figure)
 
 
 # --- SSE client pieces ------------------------------------------------------------------------
