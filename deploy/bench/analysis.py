@@ -14,6 +14,9 @@ from deploy.bench.scenarios import BUILTIN, Scenario
 from deploy.bench.stats import CellStats, aggregate, find
 from deploy.bench.targets import PASS, UNDECIDED, Target, checks, targets
 
+# A wrong status's reason quotes the answer's body: this many characters of the reason are
+# shown (results.json keeps the whole excerpt in the cell's flags).
+SHOWN_REASON = 120
 # The workloads of the verdict, by showcase scenario.
 WORKLOADS = {
     "hello": "a fast view (plain text)",
@@ -92,7 +95,10 @@ def wrong_status(cells: Mapping[str, CellStats], scenarios: Mapping[str, Scenari
         scenario = scenarios.get(cell.scenario)
         expected = scenario.status if scenario else 200
         if cell.skipped:
-            found.append(f"{cell.key}: {cell.skipped}")
+            reason = cell.skipped
+            if len(reason) > SHOWN_REASON:
+                reason = reason[: SHOWN_REASON - 3] + "..."
+            found.append(f"{cell.key}: {reason}")
         elif expected < 400 and cell.errors.get("status"):
             found.append(
                 f"{cell.key}: {cell.errors['status']:,} of {cell.requests:,} answers had a "

@@ -51,7 +51,12 @@ def series(analysis: Analysis, scenario: str) -> dict[str, list[CellStats]]:
 def missing_bar(axis: Axes, x: float, height: float, width: float = 0.8) -> None:
     """Draw an unmeasured cell: an empty hatched bar, labelled n/a."""
     axis.bar(x, height, width, fill=False, hatch="//", edgecolor="grey", linewidth=0.8)
-    axis.text(x, height / 2, MISSING, ha="center", va="center", fontsize=8, color="dimgrey")
+    axis.text(x, height / 2, MISSING, ha="center", va="center", fontsize=9, backgroundcolor="w")
+
+
+def no_scale(axis: Axes) -> None:
+    """Hide the value axis of a panel where nothing was measured: its scale would mean nothing."""
+    axis.tick_params(axis="y", which="both", left=False, labelleft=False)
 
 
 def color(analysis: Analysis, contender: str) -> str:
@@ -147,6 +152,8 @@ def throughput_figure(analysis: Analysis) -> Figure | None:
                     capsize=3,
                     color=color(analysis, contender),
                 )
+            if not any(cell.measured for cell in cells):
+                no_scale(axis)
             axis.set_xticks(range(len(cells)), names, rotation=30, ha="right", fontsize=7)
             axis.set_title(f"{name} at {levels[0]} connections")
         if missing:
@@ -222,6 +229,8 @@ def latency_figure(analysis: Analysis) -> Figure | None:
         if len(measured) < len(cells):
             axis.set_ylim(bottom=0.01)
             axis.set_xlabel(MISSING_NOTE, fontsize=7)
+        if not measured:
+            no_scale(axis)
         axis.set_xticks(list(range(len(cells))))
         axis.set_xticklabels(
             [cell.contender for cell in cells], rotation=35, ha="right", fontsize=7

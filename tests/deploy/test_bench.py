@@ -773,6 +773,23 @@ def test_charts_keep_an_unmeasured_url_visible_as_missing() -> None:
         charts.plt.close(figure)
 
 
+def test_a_missing_level_on_the_lines_is_marked_where_it_would_be() -> None:
+    runs = [
+        run_record(plan.Cell("asgi_uvicorn", "hello", 10), recorded("wrk-script-ok.txt")),
+        unmeasured(plan.Cell("asgi_uvicorn", "hello", 100), "answered 503, expected 200"),
+        unmeasured(plan.Cell("wsgi_sync", "hello", 10), "answered 503, expected 200"),
+        unmeasured(plan.Cell("wsgi_sync", "hello", 100), "answered 503, expected 200"),
+    ]
+    figure = charts.throughput_figure(analysis.analyse(results_of(runs)))
+    assert figure is not None
+    (axis, *_) = figure.axes
+    assert texts(axis).count(charts.MISSING) == 3
+    legend = axis.get_legend()
+    assert legend is not None
+    assert [text.get_text() for text in legend.get_texts()] == ["asgi_uvicorn", "wsgi_sync (n/a)"]
+    charts.plt.close(figure)
+
+
 # --- SSE client pieces ------------------------------------------------------------------------
 
 
@@ -913,6 +930,7 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
     # Measured, not defaulted: every stream took some time to its first event.
     assert sse_run["first_event_ms"]["p50"] > 0
     assert [target["number"] for target in results["targets"]] == [1, 2, 3, 4, 5, 6]
+    assert results["wrong_status"] == []
 
     report = (out / "report.md").read_text(encoding="utf-8")
     for heading in (
@@ -924,6 +942,11 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
     ):
         assert heading in report
     assert "| 1 | Django /async/hello/" in report
+    assert "private SQLite database, freshly migrated;" in report
+    if "--no-nginx" not in smoke_args(out):
+        # One repeat cannot tell nginx's cost from noise, and the report says by which rule.
+        assert results["targets"][4]["verdict"] == targets.UNDECIDED
+        assert targets.NGINX_RULE in report
     charts = sorted(path.name for path in out.glob("*.png"))
     assert {"throughput.png", "latency.png", "ceiling.png", "memory.png", "sse.png"} <= set(charts)
     for name in charts:
@@ -938,6 +961,94 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
     (out / "report.md").unlink()
     assert cli.main(["--rebuild", str(out)]) == 0
     assert (out / "report.md").read_text(encoding="utf-8") == report
+
+
+def user_page_args(out: Path, *extra: str) -> list[str]:
+    """Return a one-mode, one-second run of FIXTURE_URL alone, no showcase endpoint."""
+    return [
+        "--out",
+        str(out),
+        "--modes",
+        "wsgi_sync",
+        "--endpoints",
+        "",
+        "--url",
+        FIXTURE_URL,
+        "--concurrency",
+        "2",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--repeat",
+        "1",
+        "--no-nginx",
+        "--no-stock",
+        *extra,
+    ]
+
+
+def measured_runs(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return a run's results.json and its measured runs."""
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    return results, [run for run in results["runs"] if "wrk" in run]
+
+
+@pytest.mark.slow
+@pytest.mark.serving
+def test_a_page_that_needs_the_users_data_fails_the_run_until_a_fixture_loads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_wrk()
+    # A run with a wrong status keeps its work directory (server logs): keep it in tmp_path.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    empty = tmp_path / "empty"
+    assert cli.main(user_page_args(empty)) == 1
+    printed = " ".join(capsys.readouterr().err.split())
+    assert f"wsgi_sync|{FIXTURE_URL}|c2|direct: answered 404, expected 200" in printed
+    results, measured = measured_runs(empty)
+    assert (results["status"], measured) == ("complete", [])
+    assert [cell["scenario"] for cell in results["cells"]] == [FIXTURE_URL]
+    assert results["wrong_status"][0].startswith(f"wsgi_sync|{FIXTURE_URL}|c2|direct: answered 404")
+    assert "**Wrong status**" in (empty / "report.md").read_text(encoding="utf-8")
+    assert (empty / "throughput.png").exists()  # the unmeasured URL, drawn as n/a
+
+    loaded = tmp_path / "loaded"
+    assert cli.main(user_page_args(loaded, "--fixture", str(FIXTURE))) == 0
+    results, measured = measured_runs(loaded)
+    assert [run["cell"] for run in measured] == [f"wsgi_sync|{FIXTURE_URL}|c2|direct"]
+    assert measured[0]["wrk"]["requests"] > 0
+    assert measured[0]["wrk"]["errors"]["status"] == 0
+    assert f"with `{FIXTURE}` loaded" in (loaded / "report.md").read_text(encoding="utf-8")
+    for out in (empty, loaded):
+        results, _ = measured_runs(out)
+        assert not [server["pid"] for server in results["servers"] if pid_alive(server["pid"])]
+
+
+@pytest.mark.slow
+@pytest.mark.serving
+def test_a_run_on_the_users_own_database(tmp_path: Path) -> None:
+    require_wrk()
+    url = f"sqlite:///{tmp_path / 'mine.sqlite3'}"
+    env = servers.merged_environment(
+        {**dict.fromkeys(servers.INHERITED_SETTINGS), "DATABASE_URL": url}
+    )
+    for step in (["migrate", "--noinput"], ["loaddata", str(FIXTURE)]):
+        subprocess.run(
+            [sys.executable, "manage.py", *step, "--verbosity", "0"],
+            cwd=servers.REPO_ROOT,
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    out = tmp_path / "bench"
+    assert cli.main(user_page_args(out, "--database-url", url)) == 0
+    results, measured = measured_runs(out)
+    assert measured[0]["wrk"]["requests"] > 0
+    assert measured[0]["wrk"]["errors"]["status"] == 0
+    assert results["servers"][0]["env"]["DATABASE_URL"] == url
+    assert results["options"]["database_url"] == url
 
 
 @pytest.mark.slow
