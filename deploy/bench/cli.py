@@ -382,7 +382,9 @@ def run(
 ) -> int:
     """Run `plan`, write the outputs (partial ones after a stop), and report what happened."""
     options = plan.options
-    command = "python -m deploy.bench " + shlex.join(list(sys.argv[1:] if argv is None else argv))
+    command = "python -m deploy.bench " + shlex.join(
+        shown_argv(sys.argv[1:] if argv is None else argv)
+    )
     if options.load_cpus:
         # The harness itself (sampling, SSE client, progress) stays off the servers' CPUs.
         os.sched_setaffinity(0, options.load_cpus)
@@ -470,6 +472,17 @@ def run(
         console.print("stopped: " + ", ".join(stopped))
     console.print(f"server logs kept in {workdir}")
     return EXIT_INTERRUPTED if status == "interrupted" else 1
+
+
+def shown_argv(argv: Sequence[str]) -> list[str]:
+    """Return the command line for results.json and the report, database passwords hidden."""
+    prefix = "--database-url="
+    return [
+        prefix + hide_password(arg.removeprefix(prefix))
+        if arg.startswith(prefix)
+        else hide_password(arg)
+        for arg in argv
+    ]
 
 
 def wrong_status_summary(lines: Sequence[str]) -> str:

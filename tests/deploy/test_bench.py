@@ -654,6 +654,13 @@ def test_database_url_is_served_as_it_is_with_its_password_hidden() -> None:
     assert shown_env(runner.env)["DATABASE_URL"] == hidden
     assert cli.options_dict(chosen)["database_url"] == hidden
     assert "s3cret" not in json.dumps(cli.options_dict(chosen))
+    assert cli.shown_argv(["--database-url", url, f"--database-url={url}", "--url", "/x/"]) == [
+        "--database-url",
+        hidden,
+        f"--database-url={hidden}",
+        "--url",
+        "/x/",
+    ]
 
 
 def test_a_relative_sqlite_database_url_is_made_absolute(
