@@ -23,21 +23,29 @@ import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages_middleware
 from django.contrib.sessions import middleware as sessions_middleware
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
+from django.contrib.sites import middleware as sites_middleware
+from django.contrib.sites.requests import RequestSite
+from django.contrib.sites.shortcuts import get_current_site
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
-from django.middleware import clickjacking, common, csrf, security
+from django.middleware import clickjacking, common, csrf, gzip, http, locale, security
 from django.utils.cache import patch_vary_headers
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.http import http_date
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+    from django.contrib.sites.models import Site
 
     # The mixin only ever sits in front of a MiddlewareMixin subclass.
     _Base = MiddlewareMixin
@@ -201,6 +209,95 @@ class SessionMiddleware(NativeHooksMixin, sessions_middleware.SessionMiddleware)
         return finish_session_response(request, response, session, must_save)
 
 
+class LocaleMiddleware(NativeHooksMixin, locale.LocaleMiddleware):
+    """`django.middleware.locale.LocaleMiddleware`, native under ASGI.
+
+    Its hooks read the request's path, cookie and Accept-Language and activate the language:
+    translation state is context-local under ASGI, so the request's task sees it as it does
+    after Django's hop.
+    """
+
+
+class GZipMiddleware(NativeHooksMixin, gzip.GZipMiddleware):
+    """`django.middleware.gzip.GZipMiddleware`, native under ASGI.
+
+    Compression is CPU work on the event loop: microseconds for a page, more for a large
+    body. Behind nginx, `gzip on;` there does it with no middleware at all.
+    """
+
+
+class ConditionalGetMiddleware(NativeHooksMixin, http.ConditionalGetMiddleware):
+    """`django.middleware.http.ConditionalGetMiddleware`, native under ASGI."""
+
+
+class LoginRequiredMiddleware(auth_middleware.LoginRequiredMiddleware):
+    """`django.contrib.auth.middleware.LoginRequiredMiddleware` (Django 5.1+), native under ASGI.
+
+    In async mode `process_view` awaits `request.auser()`: no hop for an exempt view or a
+    request without a session, and only the session backend's own I/O otherwise.
+    """
+
+    def __init__(self, get_response: Callable[..., Any]) -> None:
+        super().__init__(get_response)
+        if iscoroutinefunction(get_response):
+            # An instance attribute, as in NativeHooksMixin: load_middleware would wrap the
+            # class's sync process_view in sync_to_async.
+            setattr(self, "process_view", self.aprocess_view)  # noqa: B010
+
+    async def aprocess_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> HttpResponseBase | None:
+        if not getattr(view_func, "login_required", True):
+            return None
+        user = await request.auser()
+        share_user(request, user)
+        if user.is_authenticated:
+            return None
+        return self.handle_no_permission(request, view_func)
+
+
+def share_user(request: HttpRequest, user: AbstractBaseUser | AnonymousUser) -> None:
+    """Let `request.user` return the user `request.auser()` loaded, with no query of its own.
+
+    Django's class evaluates `request.user` in its hop, so an async view may read it after;
+    `_cached_user` is where AuthenticationMiddleware's lazy `request.user` looks first.
+    """
+    if not hasattr(request, "_cached_user"):
+        request._cached_user = user  # type: ignore[attr-defined]
+
+
+class CurrentSiteMiddleware(sites_middleware.CurrentSiteMiddleware):
+    """`django.contrib.sites.middleware.CurrentSiteMiddleware`, native under ASGI.
+
+    Django caches each Site after its first query (`SITE_CACHE`); in async mode a cached
+    site (or a RequestSite, without the sites framework) is set inline, and only a request
+    that would query the database hops to a thread for it.
+    """
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        site = cached_site(request)
+        if site is None:
+            site = await sync_to_async(get_current_site, thread_sensitive=True)(request)
+        request.site = site  # type: ignore[assignment]
+        response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
+        return response
+
+
+def cached_site(request: HttpRequest) -> Site | RequestSite | None:
+    """Return what `get_current_site(request)` returns when that takes no query, else None."""
+    if not apps.is_installed("django.contrib.sites"):
+        return RequestSite(request)
+    from django.contrib.sites.models import SITE_CACHE  # only with the sites app installed
+
+    # The keys Site.objects.get_current() caches under: SITE_ID, else the request's host.
+    site: Site | None = SITE_CACHE.get(getattr(settings, "SITE_ID", "") or request.get_host())
+    return site
+
+
 def session_state(request: HttpRequest) -> tuple[SessionBase, bool] | None:
     """Return the request's session and whether it must be saved, or None without a session.
 
@@ -263,6 +360,15 @@ REPLACEMENTS = {
     "django.contrib.messages.middleware.MessageMiddleware": "apps.core.native.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware": (
         "apps.core.native.XFrameOptionsMiddleware"
+    ),
+    "django.middleware.locale.LocaleMiddleware": "apps.core.native.LocaleMiddleware",
+    "django.middleware.gzip.GZipMiddleware": "apps.core.native.GZipMiddleware",
+    "django.middleware.http.ConditionalGetMiddleware": "apps.core.native.ConditionalGetMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware": (
+        "apps.core.native.LoginRequiredMiddleware"
+    ),
+    "django.contrib.sites.middleware.CurrentSiteMiddleware": (
+        "apps.core.native.CurrentSiteMiddleware"
     ),
     "whitenoise.middleware.WhiteNoiseMiddleware": "apps.core.static.StaticFilesMiddleware",
 }

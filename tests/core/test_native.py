@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -239,3 +240,89 @@ class NativeBehaviourTests(TestCase):
     async def test_auser_is_anonymous_without_login(self) -> None:
         response = await self.async_client.get("/async/whoami/")
         self.assertEqual(json.loads(response.content), {"authenticated": False})
+
+
+# Django's middlewares commonly added beyond startproject's, each with what it needs in front.
+COMMONLY_ADDED_STACKS = {
+    "LocaleMiddleware": [],
+    "GZipMiddleware": [],
+    "ConditionalGetMiddleware": [],
+    "LoginRequiredMiddleware": [
+        "apps.core.native.SessionMiddleware",
+        "apps.core.native.AuthenticationMiddleware",
+    ],
+    "CurrentSiteMiddleware": [],
+}
+
+
+@override_settings(ROOT_URLCONF="tests.core.urls", LANGUAGES=[("en", "English"), ("fr", "French")])
+class CommonlyAddedNativeTests(TestCase):
+    """Each native class answers an async request exactly as Django's class does."""
+
+    async def answers(self, name: str, path: str, **headers: str) -> list[Any]:
+        """Return status, headers and body from Django's class and from the native one."""
+        results = []
+        for module in (REPLACED_MODULES[name], "apps.core.native"):
+            with override_settings(MIDDLEWARE=[*COMMONLY_ADDED_STACKS[name], f"{module}.{name}"]):
+                response = await self.async_client.get(path, headers=headers)
+            results.append((response.status_code, dict(response.headers), response.content))
+        return results
+
+    async def test_locale_activates_the_requested_language(self) -> None:
+        django, native = await self.answers(
+            "LocaleMiddleware", "/async/page/", accept_language="fr"
+        )
+        self.assertEqual(native, django)
+        self.assertEqual(native[1]["Content-Language"], "fr")
+        self.assertTrue(native[2].startswith(b"<p>fr</p>"))
+
+    async def test_gzip_compresses(self) -> None:
+        django, native = await self.answers(
+            "GZipMiddleware", "/async/page/", accept_encoding="gzip"
+        )
+        self.assertEqual(native[1]["Content-Encoding"], "gzip")
+        self.assertEqual(gzip.decompress(native[2]), gzip.decompress(django[2]))
+
+    async def test_conditional_get_answers_304_to_a_known_etag(self) -> None:
+        django, native = await self.answers("ConditionalGetMiddleware", "/async/page/")
+        self.assertEqual(native, django)
+        etag = native[1]["ETag"]
+        django, native = await self.answers(
+            "ConditionalGetMiddleware", "/async/page/", if_none_match=etag
+        )
+        self.assertEqual(native, django)
+        self.assertEqual(native[0], 304)
+
+    async def test_login_required_redirects_anonymous_requests(self) -> None:
+        django, native = await self.answers("LoginRequiredMiddleware", "/async/ok/")
+        self.assertEqual(native, django)
+        self.assertEqual(native[0], 302)
+        self.assertIn("next=/async/ok/", native[1]["Location"])
+
+    async def test_login_required_lets_exempt_views_through(self) -> None:
+        django, native = await self.answers("LoginRequiredMiddleware", "/async/public/")
+        self.assertEqual(native, django)
+        self.assertEqual(native[0], 200)
+
+    async def test_login_required_lets_a_logged_in_user_through(self) -> None:
+        from django.contrib.auth.models import User
+
+        user = await User.objects.acreate(username="ada")
+        await self.async_client.aforce_login(user)
+        django, native = await self.answers("LoginRequiredMiddleware", "/async/whoami/")
+        self.assertEqual(native, django)
+        self.assertEqual(native[0], 200)
+
+    async def test_current_site_is_set(self) -> None:
+        django, native = await self.answers("CurrentSiteMiddleware", "/async/site/")
+        self.assertEqual(native, django)
+        self.assertEqual(native[2], b"testserver")
+
+
+REPLACED_MODULES = {
+    "LocaleMiddleware": "django.middleware.locale",
+    "GZipMiddleware": "django.middleware.gzip",
+    "ConditionalGetMiddleware": "django.middleware.http",
+    "LoginRequiredMiddleware": "django.contrib.auth.middleware",
+    "CurrentSiteMiddleware": "django.contrib.sites.middleware",
+}

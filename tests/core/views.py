@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils.decorators import decorator_from_middleware
 
@@ -127,3 +128,19 @@ async def async_closing(request: HttpRequest) -> StreamingHttpResponse:
 
 
 CLOSED_ON: list[str] = []
+
+
+async def async_page(request: HttpRequest) -> HttpResponse:
+    """Answer a page long enough for GZipMiddleware to compress, in the active language."""
+    from django.utils.translation import get_language
+
+    return HttpResponse(f"<p>{get_language()}</p>" + "<p>hello</p>" * 100)
+
+
+@login_not_required
+async def async_public(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("public")
+
+
+async def async_site(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(request.site.domain)  # type: ignore[attr-defined]
