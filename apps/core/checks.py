@@ -7,7 +7,14 @@
   has a sync `process_view` (the handler wraps it in one more). Django ticket #37177.
 
 Each warning names the middleware, the hops it costs per request, and the native replacement
-when the template ships one (apps.core.native.REPLACEMENTS).
+when the template ships one (apps.core.native.REPLACEMENTS). On the template's handler a
+request that never hops has its response closed on the loop; the first middleware that hops
+also brings back that response-close hop, and its count includes it.
+
+- dualserve.W003 (DEBUG only): a middleware whose own async path hops, which its class does
+  not show (django-debug-toolbar runs SHOW_TOOLBAR_CALLBACK in `sync_to_async`). One request
+  to "/" is measured through the middleware, in-process, with the view replaced by one that
+  answers 200 (apps.core.hops; `manage.py hops URL` measures a URL's view too).
 
 Django's deploy checks find its middlewares by their exact dotted paths, so with the native
 subclasses in MIDDLEWARE they would skip HSTS, SSL redirect, secure cookies and the rest in
@@ -24,7 +31,7 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
-from django.core.checks import CheckMessage, Tags, Warning, register
+from django.core.checks import CheckMessage, Info, Tags, Warning, register
 from django.core.checks.security import base as security_base
 from django.core.checks.security import csrf as security_csrf
 from django.core.checks.security import sessions as security_sessions
@@ -34,6 +41,15 @@ from django.test.utils import override_settings
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
+from apps.core.hops import (
+    MIDDLEWARE,
+    culprits,
+    first_hop_brings_close,
+    measure,
+    project_handler,
+    project_handler_class,
+    without_view,
+)
 from apps.core.native import REPLACEMENTS
 
 HOOKS = ("process_request", "process_response")
@@ -73,20 +89,43 @@ def _replacement_hint(path: str) -> str | None:
     return f"Use {replacement!r}, the template's native replacement." if replacement else None
 
 
-def check_middleware(middleware: Sequence[str]) -> list[CheckMessage]:
-    """Return one warning per entry of `middleware` that costs thread hops under ASGI."""
+def _hooks_hint(path: str) -> str:
+    if path.startswith("django."):
+        # Django's own classes cannot be given an async path, but subclassed.
+        return (
+            "Subclass it with apps.core.native.NativeHooksMixin if its hooks do no I/O, "
+            "or remove it."
+        )
+    return "Give it an async path that calls its hooks directly when they do no I/O."
+
+
+def check_middleware(
+    middleware: Sequence[str], handler_class: type[Any] | None = None
+) -> list[CheckMessage]:
+    """Return one warning per entry of `middleware` that costs thread hops under ASGI.
+
+    `handler_class` (the project's by default) decides whether the first hop of a request
+    brings back the handler's response-close hop.
+    """
     messages: list[CheckMessage] = []
+    brings_close = first_hop_brings_close(handler_class or project_handler_class())
     for path in middleware:
         try:
             middleware_class = import_string(path)
         except ImportError:
             continue  # Django reports unimportable middleware itself at start-up
         hops = asgi_hops(middleware_class)
+        close = ""
+        if brings_close and (hops is None or hops):
+            brings_close = False  # only the first hop of a request brings it back
+            close = "; as the request's first hop it also brings back response.close()"
+            hops = None if hops is None else hops + 1
         if hops is None:
             messages.append(
                 Warning(
                     f"{path} is not async-capable: under ASGI every request hops to a thread "
-                    "for it (sync_to_async) and back for the rest of the stack (async_to_sync).",
+                    "for it (sync_to_async) and back for the rest of the stack (async_to_sync)"
+                    f"{close}.",
                     hint=_replacement_hint(path)
                     or "Make it async-capable (sync_capable and async_capable, see "
                     "apps.core.middleware.BothModesMiddleware).",
@@ -98,9 +137,8 @@ def check_middleware(middleware: Sequence[str]) -> list[CheckMessage]:
             messages.append(
                 Warning(
                     f"{path} costs {hops} thread hop{'s' if hops > 1 else ''} per request under "
-                    "ASGI: its hooks run in sync_to_async.",
-                    hint=_replacement_hint(path)
-                    or "Give it an async path that calls its hooks directly when they do no I/O.",
+                    f"ASGI: its hooks run in sync_to_async{close}.",
+                    hint=_replacement_hint(path) or _hooks_hint(path),
                     obj=path,
                     id="dualserve.W002",
                 )
@@ -112,6 +150,46 @@ def check_middleware(middleware: Sequence[str]) -> list[CheckMessage]:
 def middleware_thread_hops(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     """Warn about MIDDLEWARE entries that will cost thread hops under ASGI."""
     return check_middleware(settings.MIDDLEWARE)
+
+
+def check_measured_hops(url: str = "/") -> list[CheckMessage]:
+    """Return a warning per MIDDLEWARE entry that hops more on a request than its class shows."""
+    try:
+        measurement = measure(url, handler=without_view(project_handler()))
+    except Exception as exc:  # a middleware that needs the database before `migrate`, ...
+        return [
+            Info(
+                f"Could not measure the thread hops of a request to {url}: {exc!r}.",
+                hint="Run `manage.py hops URL` to measure a request and see the error.",
+                id="dualserve.I003",
+            )
+        ]
+    messages: list[CheckMessage] = []
+    for row in culprits(measurement):
+        if row.kind != MIDDLEWARE:
+            continue
+        expected = asgi_hops(import_string(row.who))
+        if expected is None or row.hops <= expected:
+            continue  # dualserve.W001/W002 report it already
+        messages.append(
+            Warning(
+                f"{row.who} made {row.hops:g} thread hop{'s' if row.hops != 1 else ''} on a "
+                f"request to {url} under ASGI, which its class does not show: it {row.why}. "
+                f"The request made {measurement.per_request:g} in all.",
+                hint=row.fix,
+                obj=row.who,
+                id="dualserve.W003",
+            )
+        )
+    return messages
+
+
+@register("async")
+def measured_thread_hops(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """In DEBUG, measure a request through MIDDLEWARE and report the hops the classes hide."""
+    if not settings.DEBUG:
+        return []  # development tooling: it patches asgiref while it measures
+    return check_measured_hops()
 
 
 # Django's deploy checks that look for a middleware by its dotted path.

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core import checks
+from django.core.handlers.asgi import ASGIHandler
 from django.test import SimpleTestCase, override_settings
 
+from apps.core.asgi import PooledThreadASGIHandler
 from apps.core.checks import check_middleware, security_with_native_middleware
 from apps.core.native import REPLACEMENTS
+from tests.core.test_hops import COMMONLY_ADDED
 from tests.core.test_native import STARTPROJECT_MIDDLEWARE
 
 
@@ -26,19 +29,40 @@ class MiddlewareHopCheckTests(SimpleTestCase):
                 self.assertIn(REPLACEMENTS[str(message.obj)], message.hint or "")
                 self.assertRegex(message.msg, r"costs \d+ thread hops? per request")
 
-    def test_csrf_costs_three_hops(self) -> None:
-        (message,) = check_middleware(["django.middleware.csrf.CsrfViewMiddleware"])
+    def test_csrf_costs_three_hops_on_djangos_handler(self) -> None:
+        (message,) = check_middleware(["django.middleware.csrf.CsrfViewMiddleware"], ASGIHandler)
         self.assertIn("costs 3 thread hops", message.msg)
+
+    def test_the_first_hop_also_counts_the_close_hop_it_brings_back(self) -> None:
+        gzip, csrf = check_middleware(
+            ["django.middleware.gzip.GZipMiddleware", "django.middleware.csrf.CsrfViewMiddleware"],
+            PooledThreadASGIHandler,
+        )
+        self.assertIn("costs 2 thread hops", gzip.msg)
+        self.assertIn("brings back response.close()", gzip.msg)
+        self.assertIn("costs 3 thread hops", csrf.msg)
 
     def test_sync_only_middleware_is_named(self) -> None:
         (message,) = check_middleware(["whitenoise.middleware.WhiteNoiseMiddleware"])
         self.assertEqual(message.id, "dualserve.W001")
         self.assertIn("apps.core.static.StaticFilesMiddleware", message.hint or "")
 
-    def test_unknown_middleware_gets_a_generic_hint(self) -> None:
-        (message,) = check_middleware(["django.middleware.locale.LocaleMiddleware"])
+    def test_a_projects_own_middleware_gets_a_generic_hint(self) -> None:
+        (message,) = check_middleware(["tests.core.test_hops.HookedMiddleware"])
         self.assertEqual(message.id, "dualserve.W002")
-        self.assertNotIn("apps.core", message.hint or "")
+        self.assertIn("Give it an async path", message.hint or "")
+
+    def test_djangos_own_middleware_is_not_told_to_get_an_async_path(self) -> None:
+        (message,) = check_middleware(["django.middleware.cache.UpdateCacheMiddleware"])
+        self.assertEqual(message.id, "dualserve.W002")
+        self.assertIn("NativeHooksMixin", message.hint or "")
+
+    def test_djangos_commonly_added_middlewares_get_their_native_replacement(self) -> None:
+        for message in check_middleware(COMMONLY_ADDED):
+            with self.subTest(middleware=message.obj):
+                self.assertIn(
+                    f"apps.core.native.{str(message.obj).rsplit('.', 1)[1]}", message.hint or ""
+                )
 
     def test_registered_check_reads_middleware_setting(self) -> None:
         with override_settings(MIDDLEWARE=STARTPROJECT_MIDDLEWARE):

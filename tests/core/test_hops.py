@@ -1,0 +1,204 @@
+"""Measured thread hops: `manage.py hops URL`, the DEBUG check, and who is named for each hop."""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.core import checks
+from django.core.handlers.asgi import ASGIHandler
+from django.core.management import CommandError, call_command
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from django.test import SimpleTestCase, override_settings
+from django.utils.deprecation import MiddlewareMixin
+from django.utils.module_loading import import_string
+
+from apps.core.asgi import PooledThreadASGIHandler
+from apps.core.checks import check_measured_hops, check_middleware
+from apps.core.hops import HANDLER, MIDDLEWARE, VIEW, culprits, measure
+from tests.core.test_native import STARTPROJECT_MIDDLEWARE
+
+CALLBACK_MIDDLEWARE = "tests.core.test_hops.ShowCallbackMiddleware"
+# Django's middlewares people add beyond startproject's (issue 14).
+COMMONLY_ADDED = [
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.gzip.GZipMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.sites.middleware.CurrentSiteMiddleware",
+    "django.middleware.http.ConditionalGetMiddleware",
+]
+# What LoginRequiredMiddleware needs in front of it.
+AUTH = ["apps.core.native.SessionMiddleware", "apps.core.native.AuthenticationMiddleware"]
+
+
+def show_never(request: HttpRequest) -> bool:
+    return False
+
+
+async def ashow_never(request: HttpRequest) -> bool:
+    return False
+
+
+class ShowCallbackMiddleware:
+    """Ask a callback from settings on every request, as django-debug-toolbar does.
+
+    A sync callback runs in sync_to_async on the async path (SHOW_CALLBACK, a dotted path).
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        import_string(settings.SHOW_CALLBACK)(request)
+        return self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        callback = import_string(settings.SHOW_CALLBACK)
+        if not iscoroutinefunction(callback):
+            callback = sync_to_async(callback)
+        await callback(request)
+        response: HttpResponseBase = await self.get_response(request)
+        return response
+
+
+class HookedMiddleware(MiddlewareMixin):
+    """A project's own middleware, async-capable only through MiddlewareMixin."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        request.hooked = True  # type: ignore[attr-defined]
+
+
+def pooled(middleware: list[str]) -> PooledThreadASGIHandler:
+    """Return the template's handler built with `middleware`."""
+    with override_settings(MIDDLEWARE=middleware):
+        return PooledThreadASGIHandler()
+
+
+def named_hops(middleware: list[str]) -> int:
+    """Return the sum of the hops the static check's messages name for `middleware`."""
+    return sum(
+        int(re.search(r"costs (\d+) thread hop", message.msg).group(1))  # type: ignore[union-attr]
+        for message in check_middleware(middleware, PooledThreadASGIHandler)
+    )
+
+
+@override_settings(ROOT_URLCONF="tests.core.urls", SHOW_CALLBACK="tests.core.test_hops.show_never")
+class MeasuredHopsTests(SimpleTestCase):
+    def test_the_shipped_stack_makes_none(self) -> None:
+        measurement = measure("/async/ok/", count=3)
+        self.assertEqual(measurement.status, 200)
+        self.assertEqual(measurement.per_request, 0)
+        self.assertEqual(culprits(measurement), [])
+
+    def test_a_callback_middleware_is_named_with_its_callback(self) -> None:
+        middleware = [*settings.MIDDLEWARE, CALLBACK_MIDDLEWARE]
+        measurement = measure("/async/ok/", handler=pooled(middleware), middleware=middleware)
+        rows = {row.who: row for row in culprits(measurement)}
+        self.assertEqual(rows[CALLBACK_MIDDLEWARE].kind, MIDDLEWARE)
+        self.assertEqual(rows[CALLBACK_MIDDLEWARE].hops, 1)
+        self.assertIn("show_never", rows[CALLBACK_MIDDLEWARE].why)
+        self.assertIn("coroutine function", rows[CALLBACK_MIDDLEWARE].fix)
+        # Its hop is the request's first, so the response is closed on the thread too.
+        self.assertEqual(rows["PooledThreadASGIHandler"].kind, HANDLER)
+        self.assertIn(CALLBACK_MIDDLEWARE, rows["PooledThreadASGIHandler"].why)
+        self.assertEqual(measurement.per_request, 2)
+
+    @override_settings(SHOW_CALLBACK="tests.core.test_hops.ashow_never")
+    def test_an_async_callback_takes_the_hops_away(self) -> None:
+        middleware = [*settings.MIDDLEWARE, CALLBACK_MIDDLEWARE]
+        measurement = measure("/async/ok/", handler=pooled(middleware), middleware=middleware)
+        self.assertEqual(measurement.per_request, 0)
+
+    def test_a_sync_view_is_named(self) -> None:
+        rows = culprits(measure("/sync/ok/"))
+        self.assertEqual((rows[0].kind, rows[0].who), (VIEW, "tests.core.views.sync_ok"))
+        self.assertIn("async def", rows[0].fix)
+
+    def test_djangos_handler_is_named_for_its_own_hops(self) -> None:
+        with override_settings(MIDDLEWARE=[]):
+            handler = ASGIHandler()
+        (row,) = culprits(measure("/async/ok/", handler=handler, middleware=[]))
+        self.assertEqual((row.who, row.hops), ("ASGIHandler", 2))
+        self.assertIn("PooledThreadASGIHandler", row.fix)
+
+    def test_the_static_count_is_the_measured_count_on_the_templates_handler(self) -> None:
+        # Each first hop brings back the response-close hop (GZip: 1 named, 2 measured).
+        stacks = [[*AUTH, path] for path in COMMONLY_ADDED] + [STARTPROJECT_MIDDLEWARE]
+        for middleware in stacks:
+            with self.subTest(middleware=middleware[-1]):
+                measurement = measure(
+                    "/async/ok/", handler=pooled(middleware), middleware=middleware
+                )
+                self.assertGreater(measurement.per_request, 0)
+                self.assertEqual(named_hops(middleware), measurement.per_request)
+
+    def test_native_replacements_make_none(self) -> None:
+        from apps.core.native import REPLACEMENTS
+
+        middleware = [*AUTH, *(REPLACEMENTS[path] for path in COMMONLY_ADDED)]
+        measurement = measure("/async/ok/", handler=pooled(middleware), middleware=middleware)
+        self.assertEqual(measurement.status, 302)  # LoginRequiredMiddleware did run
+        self.assertEqual(culprits(measurement), [])
+
+
+@override_settings(SHOW_CALLBACK="tests.core.test_hops.show_never")
+class MeasuredCheckTests(SimpleTestCase):
+    def test_names_the_callback_middleware_the_static_check_misses(self) -> None:
+        middleware = [*settings.MIDDLEWARE, CALLBACK_MIDDLEWARE]
+        with override_settings(MIDDLEWARE=middleware):
+            self.assertEqual(check_middleware(middleware), [])
+            (message,) = check_measured_hops()
+        self.assertEqual((message.id, message.obj), ("dualserve.W003", CALLBACK_MIDDLEWARE))
+        self.assertIn("show_never in sync_to_async", message.msg)
+        self.assertIn("made 2 in all", message.msg)
+
+    @override_settings(SHOW_CALLBACK="tests.core.test_hops.ashow_never")
+    def test_silent_once_the_callback_is_async(self) -> None:
+        with override_settings(MIDDLEWARE=[*settings.MIDDLEWARE, CALLBACK_MIDDLEWARE]):
+            self.assertEqual(check_measured_hops(), [])
+
+    def test_runs_only_in_debug(self) -> None:
+        middleware = [*settings.MIDDLEWARE, CALLBACK_MIDDLEWARE]
+        for debug, expected in ((False, []), (True, ["dualserve.W003"])):
+            with self.subTest(debug=debug), override_settings(MIDDLEWARE=middleware, DEBUG=debug):
+                ids = [m.id for m in checks.run_checks(tags=["async"])]
+                self.assertEqual([i for i in ids if i == "dualserve.W003"], expected)
+
+    def test_does_not_repeat_what_the_static_check_reports(self) -> None:
+        middleware = [*settings.MIDDLEWARE, "tests.core.test_hops.HookedMiddleware"]
+        with override_settings(MIDDLEWARE=middleware):
+            self.assertEqual(check_measured_hops(), [])
+
+
+@override_settings(ROOT_URLCONF="tests.core.urls", SHOW_CALLBACK="tests.core.test_hops.show_never")
+class HopsCommandTests(SimpleTestCase):
+    def call(self, *args: str) -> str:
+        out = io.StringIO()
+        call_command("hops", *args, stdout=out)
+        return out.getvalue()
+
+    def test_reports_no_hop_for_an_async_view(self) -> None:
+        output = self.call("/async/ok/", "--fail")
+        self.assertIn("GET /async/ok/ -> 200 on PooledThreadASGIHandler: 0 thread hops", output)
+
+    def test_names_the_callback_middleware_until_its_callback_is_async(self) -> None:
+        with override_settings(MIDDLEWARE=[*settings.MIDDLEWARE, CALLBACK_MIDDLEWARE]):
+            self.assertIn(CALLBACK_MIDDLEWARE, self.call("/async/ok/"))
+            with override_settings(SHOW_CALLBACK="tests.core.test_hops.ashow_never"):
+                self.assertNotIn(CALLBACK_MIDDLEWARE, self.call("/async/ok/"))
+
+    def test_fail_exits_non_zero_on_a_hop(self) -> None:
+        with self.assertRaisesMessage(CommandError, "2 thread hops per request to /sync/ok/"):
+            self.call("/sync/ok/", "--fail")
