@@ -53,13 +53,15 @@ HOOKS = frozenset(
 )
 RESPONSE_CLOSE = "response.close()"
 SYNC_VIEW = "the view itself"
-# Middlewares whose own async path hops, and the setting that takes the hop away.
-KNOWN_FIXES = {
-    "debug_toolbar.middleware.DebugToolbarMiddleware": (
-        "Make DEBUG_TOOLBAR_CONFIG['SHOW_TOOLBAR_CALLBACK'] an async function (async def "
-        "show_toolbar(request): ...): the toolbar then awaits it on the event loop."
-    ),
-}
+TOOLBAR = "debug_toolbar.middleware.DebugToolbarMiddleware"
+TOOLBAR_CALLBACK_FIX = (
+    "Make DEBUG_TOOLBAR_CONFIG['SHOW_TOOLBAR_CALLBACK'] an async function (async def "
+    "show_toolbar(request): ...): the toolbar then awaits it on the event loop."
+)
+TOOLBAR_PANELS_NOTE = (
+    "While the toolbar is shown its panels hop too (SQLPanel instruments the connections "
+    "in a thread): the price of debugging, gone when it is hidden."
+)
 # The handler's frame that resolves and calls the view (and its view middleware).
 VIEW_CODE = vars(BaseHandler)["_get_response_async"].__code__
 TIMEOUT = 30  # seconds for one request; a view that takes longer is not worth measuring
@@ -339,8 +341,10 @@ def middleware_fix(path: str, whats: Sequence[str]) -> str:
     """Return the fix for a middleware whose hops ran `whats`."""
     if path in REPLACEMENTS:
         return f"Use {REPLACEMENTS[path]}, the template's native replacement."
-    if path in KNOWN_FIXES:
-        return KNOWN_FIXES[path]
+    if path == TOOLBAR:
+        panels = any(".enable_instrumentation" in what for what in whats)
+        callback = any(".enable_instrumentation" not in what for what in whats)
+        return " ".join([TOOLBAR_CALLBACK_FIX] * callback + [TOOLBAR_PANELS_NOTE] * panels)
     if "__call__" in whats:
         return (
             "Make it async-capable (sync_capable and async_capable, as "

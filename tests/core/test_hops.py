@@ -19,7 +19,7 @@ from django.utils.module_loading import import_string
 
 from apps.core.asgi import PooledThreadASGIHandler
 from apps.core.checks import check_measured_hops, check_middleware
-from apps.core.hops import HANDLER, MIDDLEWARE, VIEW, culprits, measure
+from apps.core.hops import HANDLER, MIDDLEWARE, TOOLBAR, VIEW, culprits, measure, middleware_fix
 from tests.core.test_native import STARTPROJECT_MIDDLEWARE
 
 CALLBACK_MIDDLEWARE = "tests.core.test_hops.ShowCallbackMiddleware"
@@ -202,3 +202,17 @@ class HopsCommandTests(SimpleTestCase):
     def test_fail_exits_non_zero_on_a_hop(self) -> None:
         with self.assertRaisesMessage(CommandError, "2 thread hops per request to /sync/ok/"):
             self.call("/sync/ok/", "--fail")
+
+
+class ToolbarFixTests(SimpleTestCase):
+    """django-debug-toolbar is no dependency: its advice is checked on the names it hops with."""
+
+    def test_a_sync_callback_is_told_to_become_async(self) -> None:
+        fix = middleware_fix(TOOLBAR, ["show_toolbar"])
+        self.assertIn("SHOW_TOOLBAR_CALLBACK", fix)
+        self.assertNotIn("panels", fix)
+
+    def test_panel_hops_of_a_shown_toolbar_are_not_blamed_on_the_callback(self) -> None:
+        fix = middleware_fix(TOOLBAR, ["SQLPanel.enable_instrumentation"])
+        self.assertNotIn("SHOW_TOOLBAR_CALLBACK", fix)
+        self.assertIn("panels", fix)
