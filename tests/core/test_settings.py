@@ -115,8 +115,27 @@ class SettingsProcessTests(SimpleTestCase):
         )
         self.assertEqual(loaded["ENGINE"], "django.db.backends.postgresql")
         self.assertEqual(loaded["NAME"], "app")
-        self.assertEqual(loaded["OPTIONS"], {"pool": True})
+        self.assertEqual(loaded["OPTIONS"], {"pool": {"min_size": 1, "max_size": 8}})
         self.assertEqual(loaded["CONN_MAX_AGE"], 0)
+
+    def test_pool_size_follows_the_threads_of_a_process(self) -> None:
+        url = "postgres://app:secret@db.internal:5432/app"
+        cases = {
+            # gthread: one connection per thread at most.
+            (("DJANGO_INTERFACE", "wsgi"), ("GUNICORN_THREADS", "3")): (1, 3),
+            # ASGI: a thread per in-flight request; the pool is the bound.
+            (("DJANGO_INTERFACE", "asgi"), ("GUNICORN_THREADS", "3")): (1, 8),
+            (("DJANGO_INTERFACE", "asgi"), ("DJANGO_DB_POOL_MAX_SIZE", "20")): (1, 20),
+            (("DJANGO_DB_POOL_MIN_SIZE", "4"), ("DJANGO_DB_POOL_MAX_SIZE", "2")): (2, 2),
+        }
+        for env, (min_size, max_size) in cases.items():
+            with self.subTest(env=env):
+                loaded = self.settings_with(DATABASE_URL=url, **dict(env))
+                self.assertEqual(
+                    loaded["OPTIONS"], {"pool": {"min_size": min_size, "max_size": max_size}}
+                )
+        unpooled = self.settings_with(DATABASE_URL=url, DJANGO_DB_POOL="false")
+        self.assertEqual((unpooled["OPTIONS"], unpooled["CONN_MAX_AGE"]), ({}, 60))
 
     def test_stock_profile_is_startproject_plus_whitenoise(self) -> None:
         native = self.settings_with()["MIDDLEWARE"]
