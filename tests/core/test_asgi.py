@@ -315,22 +315,23 @@ class RetiredThreadTests(TransactionTestCase):
 
     def test_a_retired_thread_closes_its_database_connections_first(self) -> None:
         from django.db import connections
-        from django.db.backends.sqlite3.base import DatabaseWrapper
 
+        # The backend's own wrapper class: SQLite here, PostgreSQL in tests/db/test_app_tests.py.
+        wrapper_class = type(connections["default"])
         pool = ExecutorPool(max_idle=0)
         executor = pool.acquire()
         executor.begin()
         closed_on: list[str] = []
-        original = DatabaseWrapper.close
+        original = wrapper_class.close
 
-        def recorded(wrapper: DatabaseWrapper) -> None:
+        def recorded(wrapper: BaseDatabaseWrapper) -> None:
             closed_on.append(threading.current_thread().name)
             original(wrapper)
 
         thread = executor.submit(lambda: threading.current_thread().name).result(5)
         # Opened on the executor's thread (connections are per thread).
         executor.submit(lambda: connections["default"].ensure_connection()).result(5)
-        with mock.patch.object(DatabaseWrapper, "close", recorded):
+        with mock.patch.object(wrapper_class, "close", recorded):
             pool.release(executor)  # over max_idle: retired
             executor.shutdown(wait=True)
         self.assertEqual(len(pool), 0)
