@@ -56,6 +56,10 @@ DEFAULT_LABELS = [
     "middleware",
     "auth_tests",
     "decorators.test_csrf",
+    # LocaleMiddleware (i18n_patterns, language redirects) and CurrentSiteMiddleware; GZip,
+    # ConditionalGet (middleware) and LoginRequired (auth_tests) are in the labels above.
+    "i18n.patterns",
+    "sites_tests",
 ]
 # A mapping "django.path.Class" -> "our.path.Class"; entries outside django.* are ignored.
 DEFAULT_TABLE = "apps.core.native.REPLACEMENTS"
