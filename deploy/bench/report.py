@@ -247,7 +247,7 @@ def nginx_section(analysis: Analysis) -> list[str]:
                 "scenario",
                 "direct req/s",
                 "nginx req/s",
-                "cost",
+                "cost of the medians",
                 "cost per repeat",
                 "target 5",
                 "p99 direct / nginx (ms)",

@@ -199,16 +199,16 @@ def nginx_verdict(costs: Sequence[float]) -> tuple[str, str]:
     """Return one mode's verdict on its paired costs (NGINX_RULE) and the reason."""
     if not costs:
         return NOT_MEASURED, "no repeat measured both ways"
-    span = f"repeats from {100 * min(costs):+.0f}% to {100 * max(costs):+.0f}%"
+    span = f"from {100 * min(costs):+.0f}% to {100 * max(costs):+.0f}%"
     if len(costs) < NGINX_MIN_REPEATS:
         return UNDECIDED, (
             f"noise: {len(costs)} repeat(s), {NGINX_MIN_REPEATS} needed to tell the cost from noise"
         )
     if max(costs) <= NGINX_COST_LIMIT:
-        return PASS, f"every repeat <= 10% ({span})"
+        return PASS, f"every repeat <= 10%, {span}"
     if min(costs) > NGINX_COST_LIMIT:
-        return FAIL, f"every repeat > 10% ({span})"
-    return UNDECIDED, f"noise: {span}, on both sides of 10%"
+        return FAIL, f"every repeat > 10%, {span}"
+    return UNDECIDED, f"noise: repeats {span}, on both sides of 10%"
 
 
 def target_5(cells: Mapping[str, CellStats], contenders: Sequence[str]) -> Target:
