@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 VENV := .venv
 RUN := $(VENV)/bin
 
-.PHONY: help install test test-fast lint audit django-tests up migrate static clean bench
+.PHONY: help install test test-fast lint audit django-tests up migrate static clean bench docker-test
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,11 @@ lint: install  ## ruff and mypy, as the suite runs them.
 
 up: install  ## Migrate, collect static, run WSGI + ASGI + nginx on 127.0.0.1 (Ctrl-C stops all).
 	$(RUN)/python -m deploy.up
+
+# This machine's engine when `docker info` works; else (as root) Docker from Debian trixie's
+# packages, brought up and removed again by the script (deploy/docker/README.md).
+docker-test: install  ## Build the images, run the compose stack on a real engine, check it.
+	deploy/docker/ci/run.sh
 
 bench: install  ## Benchmark every mode side by side: report in bench-results/ (ARGS="--quick").
 	$(RUN)/python -m deploy.bench $(ARGS)
