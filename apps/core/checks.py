@@ -26,6 +26,7 @@ them again as dualserve.W011-W013 when the middleware really is missing.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -232,15 +233,26 @@ def security_with_native_middleware(app_configs: Any, **kwargs: Any) -> list[Che
     """Run Django's middleware-dependent deploy checks with the native classes recognised."""
     middleware = list(settings.MIDDLEWARE)
     canonical = [DJANGO_PATH_OF.get(path, path) for path in middleware]
+    # Django's own run reports what it saw, but the project silences its "missing middleware"
+    # IDs: those are always reported here, under ours.
     if canonical == middleware:
-        return []  # Django's own run already saw every middleware
-    # Django's own run reports what it saw; its "missing" IDs are silenced, so keep ours.
+        # Django's dotted paths only: Django's run reported everything else already.
+        return [renumbered(m) for m in _run(middleware, app_configs) if m.id in RENUMBERED]
     already_reported = {m.id for m in _run(middleware, app_configs)} - set(RENUMBERED)
-    messages = []
-    for message in _run(canonical, app_configs):
-        if message.id in RENUMBERED:
-            message.id = RENUMBERED[message.id]
-        elif message.id in already_reported:
-            continue
-        messages.append(message)
-    return messages
+    return [
+        renumbered(message)
+        for message in _run(canonical, app_configs)
+        if message.id in RENUMBERED or message.id not in already_reported
+    ]
+
+
+def renumbered(message: CheckMessage) -> CheckMessage:
+    """Return `message` under the project's ID when Django's is one the project silences.
+
+    A copy: Django's checks return module-level message objects, shared by every run.
+    """
+    if message.id not in RENUMBERED:
+        return message
+    renamed = copy.copy(message)
+    renamed.id = RENUMBERED[message.id]
+    return renamed

@@ -88,6 +88,20 @@ class DeployChecksWithNativeMiddlewareTests(SimpleTestCase):
             ids = [m.id for m in security_with_native_middleware(None)]
         self.assertIn("dualserve.W011", ids)
 
+    def test_missing_protections_are_reported_with_djangos_own_paths(self) -> None:
+        # The project silences security.W001-W003; with Django's classes listed and the three
+        # protections removed, --deploy must still name each one.
+        kept = [
+            path
+            for path in STARTPROJECT_MIDDLEWARE
+            if not path.endswith(
+                ("SecurityMiddleware", "CsrfViewMiddleware", "XFrameOptionsMiddleware")
+            )
+        ]
+        with override_settings(MIDDLEWARE=kept):
+            ids = {m.id for m in checks.run_checks(include_deployment_checks=True)}
+        self.assertLessEqual({"dualserve.W011", "dualserve.W012", "dualserve.W013"}, ids)
+
     def test_silent_with_djangos_own_paths(self) -> None:
         # Django's own run covers them: no second report.
         with override_settings(MIDDLEWARE=STARTPROJECT_MIDDLEWARE, SECURE_HSTS_SECONDS=0):
