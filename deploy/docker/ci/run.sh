@@ -47,26 +47,33 @@ fi
 
 # The Debian mirror apt uses on this machine (deb822 URIs: or one-line deb), not the security one.
 mirror() {
+    local found
     if [ -n "${DUALSERVE_DEBIAN_MIRROR:-}" ]; then
         echo "$DUALSERVE_DEBIAN_MIRROR"
         return
     fi
-    {
-        awk '/^URIs:/ { for (i = 2; i <= NF; i++) print $i }' /etc/apt/sources.list.d/*.sources 2>/dev/null
+    # `|| true`: under pipefail a missing sources file would fail the pipeline.
+    found=$({
+        awk '/^URIs:/ { for (i = 2; i <= NF; i++) print $i }' /etc/apt/sources.list.d/*.sources
         awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; break } }' \
-            /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
-    } | grep -E '/debian/?$' | head -n 1 || echo http://deb.debian.org/debian
+            /etc/apt/sources.list /etc/apt/sources.list.d/*.list
+    } 2>/dev/null | grep -E '/debian/?$' | head -n 1 || true)
+    echo "${found:-http://deb.debian.org/debian}"
 }
 
-# debootstrap into a scratch directory that becomes `$1` only when complete, so an interrupted
-# run leaves nothing that looks usable. `$2` is the suite; the rest are debootstrap's options.
+# Three attempts: a mirror behind a proxy sometimes drops the first requests.
 bootstrap() {
-    local target=$1 suite=$2
+    local target=$1 suite=$2 attempt
     shift 2
-    rm -rf "$target.partial"
-    debootstrap --variant=minbase "$@" "$suite" "$target.partial" "$(mirror)" \
-        >"$cache/debootstrap-$suite.log" 2>&1 \
-        || { tail -n 20 "$cache/debootstrap-$suite.log" >&2; return 1; }
+    for attempt in 1 2 3; do
+        rm -rf "$target.partial"
+        debootstrap --variant=minbase "$@" "$suite" "$target.partial" "$(mirror)" \
+            >"$cache/debootstrap-$suite.log" 2>&1 && return 0
+        say "debootstrap $suite failed (attempt $attempt of 3)"
+        sleep $((attempt * 5))
+    done
+    tail -n 20 "$cache/debootstrap-$suite.log" >&2
+    return 1
 }
 
 engine_root_ready() {
@@ -94,7 +101,8 @@ t=$(date +%s.%N)
 # The two are independent and mostly wait on the mirror: side by side.
 minbase_ready &
 minbase_pid=$!
-engine_root_ready
+# On failure, let the other finish rather than leave it running behind us.
+engine_root_ready || { wait "$minbase_pid" || true; exit 1; }
 wait "$minbase_pid"
 say "roots ready in $(since "$t") s"
 
