@@ -147,8 +147,10 @@ class Database:
         """
         if self.admin_url is not None:
             with psycopg.connect(self.admin_url, autocommit=True) as admin:
+                # Client sessions only: autovacuum also visits a freshly migrated database.
                 row = admin.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = %s AND backend_type = 'client backend'",
                     [self.name],
                 ).fetchone()
             assert row is not None
