@@ -1,7 +1,12 @@
 # dualserve: the commands a user runs. `make up` and `make test` do all the set-up themselves.
 SHELL := /bin/bash
 PYTHON ?= python3
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# One uv for everyone: another version rewrites uv.lock on its next `uv add` (a newer one added
+# `size =` to every entry). pyproject.toml's required-version refuses any other; the Dockerfile
+# pins the same (tests/test_quality.py keeps the three equal). Installed in .tools/, not over
+# the uv a developer may have.
+UV_VERSION := 0.13.9
+UV := .tools/uv-$(UV_VERSION)/bin/uv
 VENV := .venv
 RUN := $(VENV)/bin
 
@@ -11,7 +16,8 @@ help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(UV):
-	$(PYTHON) -m pip install --user --quiet uv || $(PYTHON) -m pip install --quiet uv
+	$(PYTHON) -m venv .tools/uv-$(UV_VERSION)
+	.tools/uv-$(UV_VERSION)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
 install: $(UV)  ## Create .venv with the locked dependencies (uv sync --locked).
 	$(UV) sync --locked --all-extras
@@ -62,5 +68,5 @@ migrate: install
 static: install
 	$(RUN)/python manage.py collectstatic --noinput --verbosity 0
 
-clean:  ## Remove the virtualenv and local state (database, static files).
-	rm -rf $(VENV) var
+clean:  ## Remove the virtualenv, the pinned uv and local state (database, static files).
+	rm -rf $(VENV) .tools var

@@ -64,3 +64,17 @@ def test_asgiref_is_declared_for_the_executor_argument() -> None:
     (asgiref,) = [Requirement(d) for d in dependencies if Requirement(d).name == "asgiref"]
     assert not asgiref.specifier.contains("3.12.1")
     assert asgiref.specifier.contains("3.13.0")
+
+
+def test_one_uv_version_for_the_makefile_the_image_and_the_lock() -> None:
+    """Another uv rewrites uv.lock on its next `uv add`: all three places name the same one."""
+    import re
+    import tomllib
+
+    makefile = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    dockerfile = re.search(r"^ARG UV_VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]
+    assert makefile is not None
+    assert dockerfile is not None
+    assert dockerfile[1] == makefile[1]
+    assert required["required-version"] == f"=={makefile[1]}"
