@@ -9,7 +9,7 @@ ARG NGINX_VERSION=1.28
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 
 # uv from PyPI rather than from the ghcr.io uv image: the build needs Docker Hub and PyPI only.
-ARG UV_VERSION=0.13.8
+ARG UV_VERSION=0.13.9
 RUN pip install --no-cache-dir "uv==${UV_VERSION}"
 
 # Compile bytecode now: the running container has a read-only filesystem and could not.
@@ -34,11 +34,17 @@ COPY nginx nginx
 
 # collectstatic writes hashed names, their .gz variants and the manifest to STATIC_ROOT, outside
 # /app/var (a volume would keep the first image's files forever); settings create DJANGO_VAR_DIR
-# on import, so point it at a throwaway directory. nginx's config is rendered for the same
-# STATIC_ROOT; its server_name list (the allowed hosts) is fixed here, at build time.
+# on import, so point it at a throwaway directory. It runs with production settings, as the
+# image does: an app a project installs for development only (gated on DEBUG, as
+# django-debug-toolbar's docs say) is not in this venv (--no-dev) and must not be imported. The
+# secret key only lets production settings load: random, in that one command's environment,
+# never in a layer. nginx's config is rendered for the same STATIC_ROOT; its server_name list
+# (the allowed hosts) is fixed here, at build time, from NGINX_SERVER_NAMES.
 ARG NGINX_SERVER_NAMES=""
 ENV DJANGO_STATIC_ROOT=/app/static
-RUN DJANGO_VAR_DIR=/tmp/build-var .venv/bin/python manage.py collectstatic --noinput --verbosity 0 \
+RUN DJANGO_ENV=production DJANGO_DEBUG=false DJANGO_ALLOWED_HOSTS=build.invalid \
+        DJANGO_SECRET_KEY="$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+        DJANGO_VAR_DIR=/tmp/build-var .venv/bin/python manage.py collectstatic --noinput --verbosity 0 \
     && .venv/bin/python -m deploy.nginx --target docker --out /app/nginx.conf \
     && .venv/bin/python -m compileall -q project apps deploy
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 from wsgiref.util import setup_testing_defaults
@@ -122,3 +125,27 @@ def require_nginx() -> str:
             pytest.fail(f"CI=true and {nginx.INSTALL_HINT}")
         pytest.skip(nginx.INSTALL_HINT)
     return binary
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_repository(destination: Path) -> Path:
+    """Copy the repository's files (tracked and new, not ignored) to `destination`; return it.
+
+    A user's project as it stands, for a test that must change a file the suite itself runs on.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination

@@ -34,6 +34,7 @@ from ruamel.yaml import YAML
 
 from deploy import nginx, up
 from deploy.servers import MODES, Server, free_port, interface_of_mode
+from tests.support import copy_repository
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -1280,3 +1281,54 @@ def test_compose_stack_serves_through_nginx_in_a_pod(
         for server, _ in running:
             server.kill()
         pod.stop()
+
+
+# --- The build step runs with production settings -----------------------------------------------
+
+DEV_ONLY_APP = "dev_only_toolbar"
+
+
+def dockerfile_collectstatic_command() -> str:
+    """Return the Dockerfile's collectstatic command, as the build stage's shell runs it."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    (run,) = [
+        line for line in text.splitlines() if line.startswith("RUN ") and "collectstatic" in line
+    ]
+    return run.removeprefix("RUN ").split(" && ")[0].strip()
+
+
+def test_the_image_builds_with_an_app_installed_for_development_only(tmp_path: Path) -> None:
+    """A project gates a dev-only app on DEBUG (django-debug-toolbar's docs): the image lacks it."""
+    project = copy_repository(tmp_path / "project")
+    settings = project / "project" / "settings.py"
+    settings.write_text(
+        settings.read_text() + f"\nif DEBUG:\n    INSTALLED_APPS.append({DEV_ONLY_APP!r})\n"
+    )
+    # The build stage's .venv: this suite's, which has no such app either.
+    (project / ".venv").symlink_to(Path(sys.executable).parents[1])
+    env = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_STATIC_ROOT": str(tmp_path / "static"),
+    }
+    build = subprocess.run(
+        ["sh", "-c", dockerfile_collectstatic_command()],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    assert (tmp_path / "static" / "staticfiles.json").is_file()
+    # The same settings in development do import it, and fail where it is not installed.
+    development = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=project,
+        env={**env, "DJANGO_VAR_DIR": str(tmp_path / "var")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert f"No module named '{DEV_ONLY_APP}'" in development.stderr
