@@ -6,7 +6,7 @@ import io
 import re
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core import checks
 from django.core.handlers.asgi import ASGIHandler
@@ -20,6 +20,7 @@ from django.utils.module_loading import import_string
 from apps.core.asgi import PooledThreadASGIHandler
 from apps.core.checks import check_measured_hops, check_middleware
 from apps.core.hops import HANDLER, MIDDLEWARE, TOOLBAR, VIEW, culprits, measure, middleware_fix
+from apps.core.middleware import BothModesMiddleware
 from tests.core.test_native import STARTPROJECT_MIDDLEWARE
 
 CALLBACK_MIDDLEWARE = "tests.core.test_hops.ShowCallbackMiddleware"
@@ -43,20 +44,11 @@ async def ashow_never(request: HttpRequest) -> bool:
     return False
 
 
-class ShowCallbackMiddleware:
+class ShowCallbackMiddleware(BothModesMiddleware):
     """Ask a callback from settings on every request, as django-debug-toolbar does.
 
     A sync callback runs in sync_to_async on the async path (SHOW_CALLBACK, a dotted path).
     """
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Any) -> None:
-        self.get_response = get_response
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:

@@ -6,7 +6,6 @@ import gzip
 import json
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
@@ -17,6 +16,7 @@ from django.utils.cache import patch_vary_headers
 from django.utils.module_loading import import_string
 
 from apps.core.checks import asgi_hops
+from apps.core.middleware import BothModesMiddleware
 from tests.support import asgi_request, count_thread_hops
 
 # What `django-admin startproject` ships in 5.2.
@@ -44,17 +44,8 @@ NATIVE_MIDDLEWARE = [
 ]
 
 
-class VaryOnOriginMiddleware:
+class VaryOnOriginMiddleware(BothModesMiddleware):
     """Add `Vary: Origin` to every response, as django-cors-headers does: a user's middleware."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Any) -> None:
-        self.get_response = get_response
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:

@@ -7,18 +7,31 @@ DATABASE_URL fails the test.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
-from deploy.servers import MODES, Server, interface_of_mode, start_mode
+from deploy.servers import MODES, interface_of_mode, start_mode
 from tests.db.conftest import Database
+from tests.serving.conftest import client_for
 
 pytestmark = pytest.mark.serving
 
 
-def client_for(server: Server) -> httpx.Client:
-    """Return an HTTP client for `server` that ignores the developer's proxy settings."""
-    return httpx.Client(base_url=server.base_url, timeout=30, trust_env=False)
+@contextlib.contextmanager
+def both_interfaces(database: Database) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    """Serve `database` with a WSGI and an ASGI server; yield a client of each."""
+    env = {**database.env, "WEB_CONCURRENCY": "1"}
+    workdir = database.var_dir.parent
+    with (
+        start_mode("wsgi_gthread", env=env, workdir=workdir / "wsgi") as wsgi,
+        start_mode("asgi_uvicorn", env=env, workdir=workdir / "asgi") as asgi,
+        client_for(wsgi) as wsgi_client,
+        client_for(asgi) as asgi_client,
+    ):
+        yield wsgi_client, asgi_client
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -50,14 +63,7 @@ def test_db_views_read_and_write_in_every_mode(mode: str, database: Database) ->
 
 
 def test_readiness_waits_for_migrations_in_both_interfaces(database: Database) -> None:
-    env = {**database.env, "WEB_CONCURRENCY": "1"}
-    workdir = database.var_dir.parent
-    with (
-        start_mode("wsgi_gthread", env=env, workdir=workdir / "wsgi") as wsgi,
-        start_mode("asgi_uvicorn", env=env, workdir=workdir / "asgi") as asgi,
-        client_for(wsgi) as wsgi_client,
-        client_for(asgi) as asgi_client,
-    ):
+    with both_interfaces(database) as (wsgi_client, asgi_client):
         before = [client.get("/readyz") for client in (wsgi_client, asgi_client)]
         database.migrate()
         after = [client.get("/readyz") for client in (wsgi_client, asgi_client)]
@@ -93,14 +99,7 @@ def test_readiness_reports_a_database_it_cannot_reach_then_recovers(
 ) -> None:
     database = postgres_database
     database.migrate()
-    env = {**database.env, "WEB_CONCURRENCY": "1"}
-    workdir = database.var_dir.parent
-    with (
-        start_mode("wsgi_gthread", env=env, workdir=workdir / "wsgi") as wsgi,
-        start_mode("asgi_uvicorn", env=env, workdir=workdir / "asgi") as asgi,
-        client_for(wsgi) as wsgi_client,
-        client_for(asgi) as asgi_client,
-    ):
+    with both_interfaces(database) as (wsgi_client, asgi_client):
         clients = (wsgi_client, asgi_client)
         ready = [client.get("/readyz").status_code for client in clients]
         # The pools hold open connections now: end them, and refuse new ones.
