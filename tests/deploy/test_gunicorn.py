@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import runpy
 import subprocess
 import time
 from pathlib import Path
@@ -145,10 +146,19 @@ def test_keepalive_outlasts_nginx_upstream_keepalive(target: str) -> None:
         assert int(timeout[1]) < common.keepalive
 
 
-def test_no_gunicorn_conf_at_the_repo_root() -> None:
-    # gunicorn loads ./gunicorn.conf.py by itself: one at the root would change what the
-    # used-by commands (`gunicorn project.wsgi`, ...) do without their users knowing.
-    assert not (REPO_ROOT / "gunicorn.conf.py").exists()
+def test_the_root_gunicorn_conf_sets_the_control_socket_only() -> None:
+    # gunicorn loads ./gunicorn.conf.py by itself, for the used-by commands (`gunicorn
+    # project.wsgi`, ...): anything more than the control socket would change what they do
+    # without their users knowing.
+    from gunicorn.config import KNOWN_SETTINGS
+
+    names = {setting.name for setting in KNOWN_SETTINGS}
+    root_config = runpy.run_path(str(REPO_ROOT / "gunicorn.conf.py"))
+    assert {name for name in root_config if name in names} == {
+        "control_socket",
+        "control_socket_disable",
+    }
+    assert root_config["control_socket_disable"] is common.control_socket_disable
 
 
 @pytest.mark.serving
