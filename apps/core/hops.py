@@ -242,7 +242,19 @@ def default_host() -> str:
     return hosts[0].lstrip(".")
 
 
-def http_scope(url: str, method: str, host: str) -> dict[str, Any]:
+# The client address of a measured request: a visitor's (a documentation address, RFC 5737),
+# not 127.0.0.1, which projects list in INTERNAL_IPS: django-debug-toolbar would show itself
+# and its panels' hops would be counted, though no visitor ever pays them.
+VISITOR_ADDRESS = "192.0.2.10"
+
+
+def http_scope(
+    url: str,
+    method: str,
+    host: str,
+    headers: Sequence[tuple[str, str]] = (),
+    client: str = VISITOR_ADDRESS,
+) -> dict[str, Any]:
     """Return the ASGI scope of a request for `url` (a path with an optional query)."""
     parts = urllib.parse.urlsplit(url)
     scheme = "https" if settings.SECURE_SSL_REDIRECT else "http"
@@ -256,8 +268,11 @@ def http_scope(url: str, method: str, host: str) -> dict[str, Any]:
         "raw_path": (parts.path or "/").encode(),
         "query_string": parts.query.encode(),
         "root_path": "",
-        "headers": [(b"host", host.encode())],
-        "client": ("127.0.0.1", 50000),
+        "headers": [
+            (b"host", host.encode()),
+            *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers),
+        ],
+        "client": (client, 50000),
         "server": ("127.0.0.1", 443 if scheme == "https" else 80),
     }
 
@@ -312,6 +327,8 @@ def measure(
     handler: BaseHandler | None = None,
     middleware: Sequence[str] | None = None,
     host: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    client: str = VISITOR_ADDRESS,
 ) -> Measurement:
     """Return the hops of `count` requests to `url`, after a warm-up request.
 
@@ -321,7 +338,7 @@ def measure(
     """
     handler = handler if handler is not None else project_handler()
     attributor = Attributor(settings.MIDDLEWARE if middleware is None else middleware)
-    scope = http_scope(url, method, host or default_host())
+    scope = http_scope(url, method, host or default_host(), headers, client)
 
     async def run() -> tuple[int, list[Hop]]:
         await send_request(handler, dict(scope))  # warm-up: first-use caches, lazy imports
@@ -370,20 +387,30 @@ def middleware_why(whats: Sequence[str]) -> str:
 
 def view_why_and_fix(whats: Sequence[str]) -> tuple[str, str]:
     """Return why a view hops and the fix."""
-    if any(w == "render" or w.endswith(".render") for w in whats):
-        return (
-            "its TemplateResponse is rendered in sync_to_async",
-            "Render in the view (django.shortcuts.render) or keep the hop: templates are sync.",
-        )
+    why = []
+    fix = []
     if SYNC_VIEW in whats:
-        return (
-            "a sync view: the handler runs it in sync_to_async",
-            "Make it `async def`, with Django's async APIs (aget, asave, ...).",
+        why.append("a sync view: the handler runs it in sync_to_async")
+        fix.append("make it `async def`, with Django's async APIs (aget, asave, ...)")
+    if any(w == "render" or w.endswith(".render") for w in whats):
+        why.append(
+            "its response is a TemplateResponse (the admin's pages, DRF's Response), rendered "
+            "after the view in sync_to_async"
         )
-    return (
-        f"calls {', '.join(dict.fromkeys(whats))} in sync_to_async",
-        "Use the async API (the ORM's a-methods) or accept the hop: it does I/O.",
-    )
+        fix.append(
+            "keep the hop (templates are sync), or return a rendered response "
+            "(django.shortcuts.render) from an async view"
+        )
+    others = [w for w in dict.fromkeys(whats) if w != SYNC_VIEW and not w.endswith("render")]
+    if others:
+        why.append(f"calls {', '.join(others)} in sync_to_async")
+        fix.append(
+            "expected for database access: each of the ORM's a-methods (aget, acount, ...) is "
+            "one hop until Django has an async database driver; for other sync I/O, an async "
+            "client (httpx.AsyncClient) avoids it"
+        )
+    advice = "; ".join(fix)
+    return "; ".join(why), advice[:1].upper() + advice[1:] + "."
 
 
 def handler_why_and_fix(

@@ -19,7 +19,17 @@ from django.utils.module_loading import import_string
 
 from apps.core.asgi import PooledThreadASGIHandler
 from apps.core.checks import check_measured_hops, check_middleware
-from apps.core.hops import HANDLER, MIDDLEWARE, TOOLBAR, VIEW, culprits, measure, middleware_fix
+from apps.core.hops import (
+    HANDLER,
+    MIDDLEWARE,
+    SYNC_VIEW,
+    TOOLBAR,
+    VIEW,
+    culprits,
+    measure,
+    middleware_fix,
+    view_why_and_fix,
+)
 from apps.core.middleware import BothModesMiddleware
 from tests.core.test_native import STARTPROJECT_MIDDLEWARE
 
@@ -61,6 +71,21 @@ class ShowCallbackMiddleware(BothModesMiddleware):
         if not iscoroutinefunction(callback):
             callback = sync_to_async(callback)
         await callback(request)
+        response: HttpResponseBase = await self.get_response(request)
+        return response
+
+
+class ShownToInternalIPsMiddleware(BothModesMiddleware):
+    """Hop only for INTERNAL_IPS or with an X-Debug header, as a shown debug toolbar does."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        return self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if request.META["REMOTE_ADDR"] in settings.INTERNAL_IPS or "HTTP_X_DEBUG" in request.META:
+            await sync_to_async(len)(request.path)
         response: HttpResponseBase = await self.get_response(request)
         return response
 
@@ -194,6 +219,55 @@ class HopsCommandTests(SimpleTestCase):
     def test_fail_exits_non_zero_on_a_hop(self) -> None:
         with self.assertRaisesMessage(CommandError, "2 thread hops per request to /sync/ok/"):
             self.call("/sync/ok/", "--fail")
+
+
+SHOWN_TO_INTERNAL_IPS = "tests.core.test_hops.ShownToInternalIPsMiddleware"
+
+
+@override_settings(
+    ROOT_URLCONF="tests.core.urls",
+    INTERNAL_IPS=["127.0.0.1"],
+    MIDDLEWARE=[SHOWN_TO_INTERNAL_IPS],
+)
+class VisitorRequestTests(SimpleTestCase):
+    """A measured request comes from a visitor's address, with the headers asked for."""
+
+    def hops(self, **request: Any) -> float:
+        handler = pooled([SHOWN_TO_INTERNAL_IPS])
+        return measure("/async/ok/", handler=handler, **request).per_request
+
+    def test_a_visitor_pays_no_debug_hop(self) -> None:
+        self.assertEqual(self.hops(), 0)
+
+    def test_a_developer_on_loopback_does(self) -> None:
+        self.assertEqual(self.hops(client="127.0.0.1"), 2)
+
+    def test_headers_reach_the_middleware(self) -> None:
+        self.assertEqual(self.hops(headers=[("X-Debug", "1")]), 2)
+
+    def test_the_command_takes_client_and_headers(self) -> None:
+        out = io.StringIO()
+        call_command("hops", "/async/ok/", "--header", "X-Debug: 1", stdout=out)
+        self.assertIn(SHOWN_TO_INTERNAL_IPS, out.getvalue())
+        with self.assertRaisesMessage(CommandError, "write it as 'Name: value'"):
+            call_command("hops", "/async/ok/", "--header", "no colon", stdout=io.StringIO())
+
+
+class ViewAdviceTests(SimpleTestCase):
+    """Why a view hops, and a fix that applies to it."""
+
+    def test_an_orm_a_method_is_expected(self) -> None:
+        why, fix = view_why_and_fix(["QuerySet.get"])
+        self.assertIn("QuerySet.get", why)
+        self.assertIn("Expected for database access", fix)
+        self.assertIn("the ORM's a-methods", fix)
+
+    def test_a_sync_view_rendering_a_template_response_gets_both_reasons(self) -> None:
+        why, fix = view_why_and_fix([SYNC_VIEW, "Response.render"])
+        self.assertIn("a sync view", why)
+        self.assertIn("TemplateResponse", why)
+        self.assertIn("async def", fix)
+        self.assertIn("keep the hop", fix)
 
 
 class ToolbarFixTests(SimpleTestCase):

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.core.hops import Culprit, Measurement, culprits, measure
+from apps.core.hops import VISITOR_ADDRESS, Culprit, Measurement, culprits, measure
 
 WHY_WIDTH = 60
 
@@ -46,14 +46,40 @@ class Command(BaseCommand):
         )
         parser.add_argument("--host", help="the Host header (default: one ALLOWED_HOSTS accepts)")
         parser.add_argument(
+            "--header",
+            action="append",
+            default=[],
+            metavar="NAME:VALUE",
+            help="a request header, e.g. 'Origin: https://example.com' (repeatable)",
+        )
+        parser.add_argument(
+            "--client",
+            default=VISITOR_ADDRESS,
+            help=(
+                f"the client address (default {VISITOR_ADDRESS}, a visitor; 127.0.0.1 is in "
+                "INTERNAL_IPS, where django-debug-toolbar shows itself)"
+            ),
+        )
+        parser.add_argument(
             "--fail", action="store_true", help="exit with status 1 when a request hops at all"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["count"] < 1:
             raise CommandError("--count must be 1 or more.")
+        headers = []
+        for header in options["header"]:
+            name, colon, value = header.partition(":")
+            if not colon or not name.strip():
+                raise CommandError(f"--header {header!r}: write it as 'Name: value'.")
+            headers.append((name.strip(), value.strip()))
         measurement = measure(
-            options["url"], method=options["method"], count=options["count"], host=options["host"]
+            options["url"],
+            method=options["method"],
+            count=options["count"],
+            host=options["host"],
+            headers=headers,
+            client=options["client"],
         )
         self.stdout.write(self.summary(measurement))
         rows = culprits(measurement)
