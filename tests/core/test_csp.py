@@ -337,7 +337,9 @@ class MiddlewareTests(TestCase):
         self.assertEqual(plain.headers[HEADER], "script-src 'self'")
 
 
-@override_settings(ROOT_URLCONF="tests.core.test_csp", DEBUG=True)
+# Pinned to the CSP middleware: a project's DEBUG-only middleware (a debug toolbar) must not
+# change what these pages are.
+@override_settings(ROOT_URLCONF="tests.core.test_csp", DEBUG=True, MIDDLEWARE=[CSP_PATH])
 class DebugPagesTests(TestCase):
     """With DEBUG on, Django's technical pages render under the policy (inline code allowed)."""
 

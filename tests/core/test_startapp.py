@@ -16,6 +16,9 @@ from tests.support import copy_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# Names no project's own app is likely to have: the copy holds the project's apps too.
+APP = "startapp_probe"
+OTHER_APP = "startapp_probe_dir"
 
 # What a user writes first, in the style of Django's tutorial and docs: lists as class
 # attributes, an unparameterised ModelAdmin and ModelForm, a sync list and an async detail view.
@@ -56,6 +59,20 @@ class PostForm(forms.ModelForm):
     class Meta:
         model = Post
         fields = ["title", "body"]
+""",
+    "tests.py": """
+from django.test import TestCase
+
+from .models import Post
+
+
+class PostTests(TestCase):
+    @classmethod
+    def setUpTestData(cls):
+        cls.post = Post.objects.create(title="First", body="...")
+
+    def test_str(self):
+        self.assertEqual(str(self.post), "First")
 """,
     "views.py": """
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -104,20 +121,20 @@ def install(project: Path, module: str) -> None:
 
 
 def test_startapp_creates_an_importable_app_in_apps(project: Path) -> None:
-    created = run(project, BIN / "python", "manage.py", "startapp", "blog")
+    created = run(project, BIN / "python", "manage.py", "startapp", APP)
     assert created.returncode == 0, created.stderr
-    assert 'name = "apps.blog"' in (project / "apps/blog/apps.py").read_text()
-    assert (project / "apps/blog/migrations/__init__.py").is_file()
-    install(project, "apps.blog")
+    assert f'name = "apps.{APP}"' in (project / f"apps/{APP}/apps.py").read_text()
+    assert (project / f"apps/{APP}/migrations/__init__.py").is_file()
+    install(project, f"apps.{APP}")
     check = run(project, BIN / "python", "manage.py", "check")
     assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_startapp_names_an_app_after_the_directory_given(project: Path) -> None:
-    (project / "apps/shop").mkdir()
-    created = run(project, BIN / "python", "manage.py", "startapp", "shop", "apps/shop")
+    (project / "apps" / OTHER_APP).mkdir()
+    created = run(project, BIN / "python", "manage.py", "startapp", OTHER_APP, f"apps/{OTHER_APP}")
     assert created.returncode == 0, created.stderr
-    assert 'name = "apps.shop"' in (project / "apps/shop/apps.py").read_text()
+    assert f'name = "apps.{OTHER_APP}"' in (project / f"apps/{OTHER_APP}/apps.py").read_text()
 
 
 def test_startapp_refusing_a_name_leaves_no_directory(project: Path) -> None:
@@ -129,16 +146,16 @@ def test_startapp_refusing_a_name_leaves_no_directory(project: Path) -> None:
 
 @pytest.mark.slow
 def test_a_first_app_written_as_djangos_docs_do_passes_the_quality_gates(project: Path) -> None:
-    assert run(project, BIN / "python", "manage.py", "startapp", "blog").returncode == 0
+    assert run(project, BIN / "python", "manage.py", "startapp", APP).returncode == 0
     for name, source in BLOG_FILES.items():
-        (project / "apps/blog" / name).write_text(source.lstrip())
-    install(project, "apps.blog")
-    migration = run(project, BIN / "python", "manage.py", "makemigrations", "blog")
+        (project / "apps" / APP / name).write_text(source.lstrip())
+    install(project, f"apps.{APP}")
+    migration = run(project, BIN / "python", "manage.py", "makemigrations", APP)
     assert migration.returncode == 0, migration.stdout + migration.stderr
     gates = {
         # The rest of the repository has its gates in tests/test_quality.py.
-        "ruff check": run(project, BIN / "ruff", "check", "--no-cache", "apps/blog"),
-        "ruff format": run(project, BIN / "ruff", "format", "--check", "--no-cache", "apps/blog"),
+        "ruff check": run(project, BIN / "ruff", "check", "--no-cache", f"apps/{APP}"),
+        "ruff format": run(project, BIN / "ruff", "format", "--check", "--no-cache", f"apps/{APP}"),
         "mypy": run(project, BIN / "mypy", "--cache-dir", project / ".mypy_cache"),
         "check": run(project, BIN / "python", "manage.py", "check"),
     }
