@@ -1,9 +1,10 @@
 """URL configuration: the showcase at /, the admin at /admin/."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 
-urlpatterns = [
+# Typed as Django's docs grow it: `urlpatterns += debug_toolbar_urls()` adds URLPatterns.
+urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
     path("", include("apps.showcase.urls")),
 ]
