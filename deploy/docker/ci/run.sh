@@ -202,7 +202,6 @@ for family in ip ip6; do
 done
 in_root ip -o link show | awk -F': ' '{ print $2 }' | cut -d@ -f1 >"$workdir/links.before"
 rm -rf "$engine_root/var/lib/docker" "$engine_root/var/lib/containerd"
-mkdir -p "$engine_root$repo"
 
 t=$(date +%s.%N)
 # A session of its own: Ctrl-C reaches the check, which takes the stack down while the engine
@@ -217,6 +216,8 @@ setsid unshare --mount --propagation private sh -c '
     mount --rbind /dev "$root/dev"
     mount -t tmpfs tmpfs "$root/run"
     mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+    # After the tmpfs mounts: a clone under /tmp (or /run) needs its mount point on them.
+    mkdir -p "$root$repo"
     mount --bind -o ro "$repo" "$root$repo"
     cp /etc/resolv.conf "$root/etc/resolv.conf"
     cd "$root"
