@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -203,3 +204,20 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 def postgres_database(postgres_admin_url: str, tmp_path: Path) -> Iterator[Database]:
     """Return a fresh, empty PostgreSQL database of this test's own."""
     yield from fresh_database("postgresql", tmp_path / "var", postgres_admin_url)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many database tests passed on each backend, so a CI log shows which ran."""
+    passed = [
+        report
+        for report in terminalreporter.stats.get("passed", [])
+        if report.when == "call" and report.nodeid.startswith("tests/db/")
+    ]
+    if passed:
+        # Every PostgreSQL test carries the `postgres` marker (the fixture's param marks too).
+        on_postgresql = sum("postgres" in report.keywords for report in passed)
+        server = urlsplit(postgres_url())
+        terminalreporter.write_line(
+            f"database tests passed: {len(passed) - on_postgresql} on SQLite, {on_postgresql} "
+            f"on the PostgreSQL server at {server.hostname}:{server.port}"
+        )
