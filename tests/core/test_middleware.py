@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 
 from django.db.migrations.recorder import MigrationRecorder
 from django.test import Client, SimpleTestCase, TestCase, override_settings
@@ -25,6 +27,18 @@ class RecordingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+@contextlib.contextmanager
+def recorded(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """Collect the records of `logger_name` while the block runs, after the request ID filter."""
+    handler = RecordingHandler()
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
 
 
 @override_settings(ROOT_URLCONF="tests.core.urls")
@@ -98,38 +112,23 @@ class RequestContextTests(SimpleTestCase):
 
     def test_a_client_cannot_set_the_logged_id_past_the_middleware(self) -> None:
         # An ID the middleware refuses (a newline: a forged log line) is replaced everywhere.
-        handler = RecordingHandler()
-        logger = logging.getLogger("django.request")
-        logger.addHandler(handler)
-        try:
+        with recorded("django.request") as records:
             response = self.client.get("/nowhere/", headers={"X-Request-ID": "x\nforged"})
-        finally:
-            logger.removeHandler(handler)
-        (record,) = handler.records
+        (record,) = records
         self.assertEqual(record.request_id, response.headers["X-Request-ID"])  # type: ignore[attr-defined]
         self.assertNotIn("forged", record.request_id)  # type: ignore[attr-defined]
 
     def _assert_refusal_logged_with_id(self, send: object, request_id: str) -> None:
-        handler = RecordingHandler()
-        logger = logging.getLogger("django.request")
-        logger.addHandler(handler)
-        try:
+        with recorded("django.request") as records:
             response = send()  # type: ignore[operator]
-        finally:
-            logger.removeHandler(handler)
         self.assertEqual(response.status_code, 404)
-        self.assertEqual([r.request_id for r in handler.records], [request_id])  # type: ignore[attr-defined]
+        self.assertEqual([r.request_id for r in records], [request_id])  # type: ignore[attr-defined]
 
     def _assert_logged_with_id(self, send: object, request_id: str) -> None:
-        handler = RecordingHandler()
-        logger = logging.getLogger("tests.core")
-        logger.addHandler(handler)
-        try:
+        with recorded("tests.core") as records:
             response = send()  # type: ignore[operator]
-        finally:
-            logger.removeHandler(handler)
         self.assertEqual(json.loads(response.content), {"request_id": request_id})
-        self.assertEqual([r.request_id for r in handler.records], [request_id])  # type: ignore[attr-defined]
+        self.assertEqual([r.request_id for r in records], [request_id])  # type: ignore[attr-defined]
         # Outside a request the filter still works (the contextvar's default).
         self.assertEqual(middleware.request_id_var.get(), "-")
 
