@@ -43,7 +43,7 @@ audit: install  ## Check every locked dependency for known vulnerabilities (pip-
 		--vulnerability-service $(AUDIT_SERVICE) $(AUDIT_ARGS) \
 		--requirement "$$tmp/requirements.txt"
 
-django-tests: install  ## Django's own middleware tests, Django's classes vs apps.core.native's.
+django-tests: install  ## Django's own middleware tests, Django's classes vs apps.dualserve.native's.
 	$(RUN)/python -m tests.django_suite.run $(if $(LABELS),--labels $(LABELS))
 
 lint: install  ## ruff and mypy, as the suite runs them.
@@ -52,15 +52,15 @@ lint: install  ## ruff and mypy, as the suite runs them.
 	$(RUN)/mypy
 
 up: install  ## Migrate, collect static, run WSGI + ASGI + nginx on 127.0.0.1 (Ctrl-C stops all).
-	$(RUN)/python -m deploy.up
+	$(RUN)/python -m lab.up
 
 # This machine's engine when `docker info` works; else (as root) Docker from Debian trixie's
 # packages, brought up and removed again by the script (deploy/docker/README.md).
 docker-test: install  ## Build the images, run the compose stack on a real engine, check it.
-	deploy/docker/ci/run.sh
+	lab/docker/run.sh
 
 bench: install  ## Benchmark every mode side by side: report in bench-results/ (ARGS="--quick").
-	$(RUN)/python -m deploy.bench $(ARGS)
+	$(RUN)/python -m lab.bench $(ARGS)
 
 migrate: install
 	$(RUN)/python manage.py migrate --noinput

@@ -6,6 +6,6 @@ import os
 os.environ["DJANGO_INTERFACE"] = "asgi"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-from apps.core.asgi import get_asgi_application
+from apps.dualserve.asgi import get_asgi_application
 
 application = get_asgi_application()

@@ -101,7 +101,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "apps.core",
+    "apps.dualserve",
     "apps.showcase",
 ]
 
@@ -113,30 +113,30 @@ if STACK_PROFILE not in {"native", "stock"}:
     raise ImproperlyConfigured(f"DUALSERVE_PROFILE={STACK_PROFILE!r}: use 'native' or 'stock'.")
 
 # Every entry runs natively in both modes: no thread hop per request under ASGI, no
-# async_to_sync under WSGI (apps.core.checks warns about any entry that would). The
-# Django middlewares are replaced one for one by apps.core.native, same behaviour.
+# async_to_sync under WSGI (apps.dualserve.checks warns about any entry that would). The
+# Django middlewares are replaced one for one by apps.dualserve.native, same behaviour.
 MIDDLEWARE = [
     # First: probes answer before host validation and the HTTPS redirect.
-    "apps.core.middleware.HealthCheckMiddleware",
-    "apps.core.middleware.RequestContextMiddleware",
+    "apps.dualserve.middleware.HealthCheckMiddleware",
+    "apps.dualserve.middleware.RequestContextMiddleware",
     # The response-header middlewares sit above the ones that answer errors themselves (a bad
     # Host is a 400 from CommonMiddleware), so those answers carry the headers too. Django's
     # handler turns an exception into a response at the middleware that raised it: the
     # middlewares above it still see that response, the one that raised does not.
-    "apps.core.csp.ContentSecurityPolicyMiddleware",
-    "apps.core.native.XFrameOptionsMiddleware",
-    "apps.core.native.SecurityMiddleware",
+    "apps.dualserve.csp.ContentSecurityPolicyMiddleware",
+    "apps.dualserve.native.XFrameOptionsMiddleware",
+    "apps.dualserve.native.SecurityMiddleware",
     # Static files short-circuit before sessions, CSRF and auth (whitenoise's advice).
-    "apps.core.static.StaticFilesMiddleware",
-    "apps.core.native.SessionMiddleware",
-    "apps.core.native.CommonMiddleware",
-    "apps.core.native.CsrfViewMiddleware",
-    "apps.core.native.AuthenticationMiddleware",
-    "apps.core.native.MessageMiddleware",
+    "apps.dualserve.static.StaticFilesMiddleware",
+    "apps.dualserve.native.SessionMiddleware",
+    "apps.dualserve.native.CommonMiddleware",
+    "apps.dualserve.native.CsrfViewMiddleware",
+    "apps.dualserve.native.AuthenticationMiddleware",
+    "apps.dualserve.native.MessageMiddleware",
 ]
 if STACK_PROFILE == "stock":
     MIDDLEWARE = [
-        "apps.core.middleware.HealthCheckMiddleware",
+        "apps.dualserve.middleware.HealthCheckMiddleware",
         "django.middleware.security.SecurityMiddleware",
         "whitenoise.middleware.WhiteNoiseMiddleware",
         "django.contrib.sessions.middleware.SessionMiddleware",
@@ -148,12 +148,12 @@ if STACK_PROFILE == "stock":
     ]
 
 # Django's deploy checks look for its middlewares by dotted path and miss the native subclasses;
-# apps.core.checks runs them again with the subclasses recognised and reports a missing
+# apps.dualserve.checks runs them again with the subclasses recognised and reports a missing
 # middleware as dualserve.W011-W013 instead.
 SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 
 ROOT_URLCONF = "project.urls"
-# Idle request threads the ASGI handler keeps per worker process (apps.core.asgi): a request
+# Idle request threads the ASGI handler keeps per worker process (apps.dualserve.asgi): a request
 # reuses one instead of starting and joining a thread of its own.
 ASGI_IDLE_THREADS = env_int("DJANGO_ASGI_IDLE_THREADS", 64)
 WSGI_APPLICATION = "project.wsgi.application"
@@ -170,7 +170,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 # {{ csp_nonce }} (Django 6.0: django.template.context_processors.csp).
-                "apps.core.csp.context_processor",
+                "apps.dualserve.csp.context_processor",
             ],
         },
     },
@@ -185,7 +185,7 @@ VAR_DIR = Path(os.environ.get("DJANGO_VAR_DIR", BASE_DIR / "var"))
 # sync code on a NEW thread, so a persistent connection would be stranded when that thread
 # ends: Django's docs say CONN_MAX_AGE = 0 there (ref/databases, "Persistent connections"), and
 # the stock profile keeps that. The template's handler reuses pooled request threads and closes
-# a thread's connections before it retires one (apps.core.asgi), so they persist under ASGI
+# a thread's connections before it retires one (apps.dualserve.asgi), so they persist under ASGI
 # too: /async/db/ served ~40% more requests (bench: 206 -> 287 req/s, 1 UvicornWorker pair at
 # 100 connections). PostgreSQL uses psycopg's pool instead (below).
 CONN_MAX_AGE = env_int(
@@ -214,11 +214,11 @@ elif _database["ENGINE"] == "django.db.backends.postgresql" and env_bool("DJANGO
     # go back to the pool when a request ends, and close after 10 idle minutes. max_size is
     # what one process's threads can hold at once: GUNICORN_THREADS under WSGI (the gthread
     # config's variable and default; a sync worker only ever takes one). Under ASGI every
-    # in-flight request has a thread of its own (apps.core.asgi), so only the pool bounds them:
+    # in-flight request has a thread of its own (apps.dualserve.asgi), so only the pool bounds them:
     # 8, and requests beyond that wait for a connection (up to the pool's 30 s timeout).
     # PostgreSQL's max_connections (100 by default) must hold workers x max_size x replicas,
     # plus manage.py and your own sessions.
-    # Measured (deploy.bench, /sync/db/ and /async/db/, 2 workers, 4 gthread threads, 100
+    # Measured (lab.bench, /sync/db/ and /async/db/, 2 workers, 4 gthread threads, 100
     # connections, req/s, each run alternating the configurations): the pool 588 and 542 on
     # gthread, persistent connections (CONN_MAX_AGE=60) 610 and 427, none (CONN_MAX_AGE=0)
     # 112 and 82. UvicornWorker: pool 232 and 301 (max_size 8), 228 and 463 (max_size 64), none
@@ -269,7 +269,7 @@ STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", VAR_DIR / "static"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Hashed names (cacheable forever) plus .gz variants, written by collectstatic.
-    "staticfiles": {"BACKEND": "apps.core.static.ManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "apps.dualserve.static.ManifestStaticFilesStorage"},
 }
 # A name missing from the manifest falls back to the plain name instead of raising, so
 # templates render in tests and on a fresh clone before collectstatic has run (see the
@@ -305,9 +305,9 @@ SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", PRODUCTION)
 X_FRAME_OPTIONS = "DENY"
-# Content-Security-Policy, in Django 6.0's setting names and shape (apps.core.csp). The
+# Content-Security-Policy, in Django 6.0's setting names and shape (apps.dualserve.csp). The
 # template's pages load only their own CSS and scripts: no inline code, so no 'unsafe-inline'.
-# A page that needs inline code gets a nonce: add apps.core.csp.CSP.NONCE to script-src or
+# A page that needs inline code gets a nonce: add apps.dualserve.csp.CSP.NONCE to script-src or
 # style-src and write <script nonce="{{ csp_nonce }}">. Plain strings here keep this module free
 # of app imports ("'self'" is CSP.SELF).
 SECURE_CSP: dict[str, list[str] | str | bool] = {
@@ -334,8 +334,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "request_id": {"()": "apps.core.logging.RequestIDFilter"},
-        "no_traceback": {"()": "apps.core.logging.DropTracebackFilter"},
+        "request_id": {"()": "apps.dualserve.logging.RequestIDFilter"},
+        "no_traceback": {"()": "apps.dualserve.logging.DropTracebackFilter"},
         "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
     },
     "formatters": {

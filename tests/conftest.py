@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stack import prepare_var_dir
+from lab.stack import prepare_var_dir
 
 
 @pytest.fixture(scope="module")

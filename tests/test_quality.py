@@ -55,7 +55,7 @@ def test_the_repository_cites_nothing_outside_it() -> None:
 
 
 def test_asgiref_is_declared_for_the_executor_argument() -> None:
-    """apps.core.asgi passes ThreadSensitiveContext(executor=...), new in asgiref 3.13."""
+    """apps.dualserve.asgi passes ThreadSensitiveContext(executor=...), new in asgiref 3.13."""
     import tomllib
 
     from packaging.requirements import Requirement

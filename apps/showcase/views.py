@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.core.middleware import interface_of
+from apps.dualserve.middleware import interface_of
 from apps.showcase import clients, params, payloads
 from apps.showcase.clients import UpstreamFailure
 from apps.showcase.models import Item

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from deploy.servers import INHERITED_SETTINGS, REPO_ROOT, merged_environment
+from lab.servers import INHERITED_SETTINGS, REPO_ROOT, merged_environment
 
 Env = dict[str, str | None]
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from deploy.servers import REPO_ROOT, merged_environment
+from lab.servers import REPO_ROOT, merged_environment
 from tests.db.conftest import Database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -21,8 +21,8 @@ DATABASE_TESTS = (
     "tests/showcase/test_views.py::DbTests",
     "tests/showcase/test_views.py::DbJsonTests",
     "tests/showcase/test_models.py",
-    "tests/core/test_middleware.py::HealthCheckTests",
-    "tests/core/test_asgi.py::RetiredThreadTests",
+    "tests/dualserve/test_middleware.py::HealthCheckTests",
+    "tests/dualserve/test_asgi.py::RetiredThreadTests",
 )
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from deploy.servers import ASGI_MODES, Server, start_mode
+from lab.servers import ASGI_MODES, Server, start_mode
 from tests.db.conftest import Database, Env
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]

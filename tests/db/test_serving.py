@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from deploy.servers import MODES, interface_of_mode, start_mode
+from lab.servers import MODES, interface_of_mode, start_mode
 from tests.db.conftest import Database
 from tests.serving.conftest import client_for
 

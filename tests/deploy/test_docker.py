@@ -32,8 +32,9 @@ import dj_database_url
 import pytest
 from ruamel.yaml import YAML
 
-from deploy import nginx, up
-from deploy.servers import MODES, Server, free_port, interface_of_mode
+from deploy import nginx
+from lab import up
+from lab.servers import MODES, Server, free_port, interface_of_mode
 from tests.support import copy_repository
 
 REPO = Path(__file__).resolve().parents[2]

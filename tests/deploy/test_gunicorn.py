@@ -14,7 +14,7 @@ from gunicorn.workers.base import Worker
 
 from deploy import nginx
 from deploy.gunicorn import common
-from deploy.servers import (
+from lab.servers import (
     INHERITED_SETTINGS,
     MODES,
     REPO_ROOT,

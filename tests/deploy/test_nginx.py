@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy import nginx, servers
-from deploy.stack import (
+from deploy import nginx
+from lab import servers
+from lab.stack import (
     ENTRIES,
     ENTRY_PORT_NAMES,
     Stack,

@@ -21,14 +21,14 @@ from gunicorn.workers.gthread import ThreadWorker as StockThreadWorker
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from deploy.gunicorn import common
-from deploy.hostile.replay import parse_responses
-from deploy.servers import INHERITED_SETTINGS, MODES, start_mode
 from deploy.workers import (
     DrainingHttpToolsProtocol,
     GunicornAccessLog,
     ThreadWorker,
     UvicornWorker,
 )
+from lab.hostile.replay import parse_responses
+from lab.servers import INHERITED_SETTINGS, MODES, start_mode
 
 Message = dict[str, Any]
 

@@ -5,7 +5,7 @@
 Fetches the sdist of exactly the installed Django from the package index (cached under
 var/django-suite/), then runs Django's tests/runtests.py twice on the same labels: once as
 shipped (the baseline) and once with every class of the substitution table patched into
-Django's modules (by default the Django entries of apps.core.native.REPLACEMENTS). Prints the
+Django's modules (by default the Django entries of apps.dualserve.native.REPLACEMENTS). Prints the
 counts per label and exits 1 when our classes fail a test that Django's classes pass, when a
 label ran no test, or when a substituted class was never instantiated.
 """
@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / "var" / "django-suite"
 DEFAULT_INDEX = "https://pypi.org/simple/"
 
-# The suites of the middlewares apps.core.native replaces (issue 2). auth_tests runs whole:
+# The suites of the middlewares apps.dualserve.native replaces (issue 2). auth_tests runs whole:
 # test_middleware, but also the login/logout views, RemoteUserMiddleware and the decorators
 # go through AuthenticationMiddleware and the session, and the whole module takes seconds.
 # decorators.test_csrf: csrf_protect, requires_csrf_token and ensure_csrf_cookie are
@@ -62,7 +62,7 @@ DEFAULT_LABELS = [
     "sites_tests",
 ]
 # A mapping "django.path.Class" -> "our.path.Class"; entries outside django.* are ignored.
-DEFAULT_TABLE = "apps.core.native.REPLACEMENTS"
+DEFAULT_TABLE = "apps.dualserve.native.REPLACEMENTS"
 # Built from CsrfViewMiddleware at import time (csrf_protect & co.), before the patch can run:
 # re-run so Django's decorator tests exercise our class too.
 DEFAULT_RELOADS = ["django.views.decorators.csrf"]

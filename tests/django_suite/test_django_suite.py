@@ -1,4 +1,4 @@
-"""Django's own tests pass with apps.core.native's classes wherever they pass with Django's."""
+"""Django's own tests pass with apps.dualserve.native's classes wherever they pass with Django's."""
 
 from __future__ import annotations
 
@@ -44,11 +44,11 @@ def test_native_middlewares_pass_every_test_djangos_pass(tmp_path: Path) -> None
     # puts in its own MIDDLEWARE also ran in async mode (through the test AsyncClient).
     substituted = {line.split(" -> ")[-1] for line in report["substituted"] if " -> " in line}
     assert set(report["instances"]) == substituted
-    assert "apps.core.native.SessionMiddleware" in substituted
+    assert "apps.dualserve.native.SessionMiddleware" in substituted
     for cls, modes in report["instances"].items():
         assert modes["sync"] > 0, cls
     for name in ("Session", "Common", "CsrfView", "Authentication", "Message"):
-        assert report["instances"][f"apps.core.native.{name}Middleware"]["async"] > 0, name
+        assert report["instances"][f"apps.dualserve.native.{name}Middleware"]["async"] > 0, name
 
 
 def test_a_broken_replacement_is_reported(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_pooled_asgi_handler_passes_djangos_asgi_and_handler_tests(tmp_path: Pat
         "--labels",
         "asgi",
         "handlers",
-        "--substitute=django.core.handlers.asgi.ASGIHandler=apps.core.asgi.PooledThreadASGIHandler",
+        "--substitute=django.core.handlers.asgi.ASGIHandler=apps.dualserve.asgi.PooledThreadASGIHandler",
         "--reload=django.core.asgi",
     )
 
@@ -85,5 +85,5 @@ def test_pooled_asgi_handler_passes_djangos_asgi_and_handler_tests(tmp_path: Pat
         assert row["lost"] == [], label
         assert row["django"]["passed"] > 0, label
         assert row["ours"]["passed"] >= row["django"]["passed"], label
-    assert report["instances"]["apps.core.asgi.PooledThreadASGIHandler"]["sync"] > 0
+    assert report["instances"]["apps.dualserve.asgi.PooledThreadASGIHandler"]["sync"] > 0
     assert returncode == 0

@@ -46,9 +46,9 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.test import TransactionTestCase, override_settings
 from django.urls import include, path
 
-from deploy import servers
-from deploy.servers import MODES, Server, interface_of_mode, start_mode
-from deploy.stack import start_stack
+from lab import servers
+from lab.servers import MODES, Server, interface_of_mode, start_mode
+from lab.stack import start_stack
 from tests.reliability.load import BackgroundLoad, LoadResult
 from tests.support import http_scope, require_nginx
 

@@ -34,8 +34,8 @@ import httpx
 import pytest
 from packaging.utils import canonicalize_name
 
-from deploy.stack import Stack, start_stack
-from tests.core.test_csp import page_violations
+from lab.stack import Stack, start_stack
+from tests.dualserve.test_csp import page_violations
 from tests.support import require_nginx
 
 MODE_PAIRS = [("wsgi_gthread", "asgi_uvicorn"), ("wsgi_sync", "asgi_gunicorn")]

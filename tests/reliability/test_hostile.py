@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy import servers
-from deploy.hostile import report
-from deploy.hostile.corpus import Case, load_corpus
-from deploy.hostile.replay import (
+from lab import servers
+from lab.hostile import report
+from lab.hostile.corpus import Case, load_corpus
+from lab.hostile.replay import (
     GUNICORN,
     GUNICORN_ASGI,
     NGINX,
@@ -34,7 +34,7 @@ from deploy.hostile.replay import (
     front_server,
     replay,
 )
-from deploy.stack import Stack, prepare_var_dir, start_stack
+from lab.stack import Stack, prepare_var_dir, start_stack
 from tests.support import require_nginx
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]

@@ -30,7 +30,7 @@ import httpx
 import pytest
 from django.conf import settings
 
-from deploy.stack import Stack, start_stack
+from lab.stack import Stack, start_stack
 from tests.reliability.slowclients import (
     CLOSED_BY_PEER,
     NOT_CONNECTED,

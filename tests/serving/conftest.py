@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from apps.showcase.upstream import start_in_thread
-from deploy.servers import (
+from lab.servers import (
     INHERITED_SETTINGS,
     MODES,
     REPO_ROOT,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.servers import Server, gunicorn_executable, start, start_mode
+from lab.servers import Server, gunicorn_executable, start, start_mode
 from tests.serving.conftest import Env, client_for
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]

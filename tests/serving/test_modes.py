@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from deploy.servers import Server, interface_of_mode
+from lab.servers import Server, interface_of_mode
 from tests.serving.conftest import client_for
 from tests.serving.exchanges import INTERFACE_HEADER, PROBES, Probe, answer
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from deploy.gunicorn import common
-from deploy.servers import MODES, Server, interface_of_mode, start_mode
+from lab.servers import MODES, Server, interface_of_mode, start_mode
 from tests.reliability.load import BackgroundLoad, Outcome
 from tests.serving.conftest import Env
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.servers import Server
+from lab.servers import Server
 from tests.serving.conftest import USED_BY_COMMANDS, client_for
 from tests.serving.exchanges import INTERFACE_HEADER, PROBES, Answer, Probe, answer
 

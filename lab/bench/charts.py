@@ -1,0 +1,369 @@
+"""PNG charts with matplotlib's Agg backend (no display needed): throughput, latency, memory.
+
+A cell that was planned but not measured (its URL answered another status) stays in the
+throughput and latency charts as an empty hatched bar or a cross labelled "n/a", never a bar
+or a line that is silently absent.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: render to files, never open a window
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from lab.bench.analysis import Analysis
+from lab.bench.stats import CellStats, find
+
+MIB = 1024 * 1024
+DPI = 110
+MISSING = "n/a"
+MISSING_NOTE = "n/a: not measured (answered another status, see report.md)"
+
+
+def save(figure: Figure, path: Path) -> str:
+    """Write `figure` to `path` as PNG, close it, and return the file name."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI, format="png")
+    plt.close(figure)
+    return path.name
+
+
+def series(analysis: Analysis, scenario: str) -> dict[str, list[CellStats]]:
+    """Return the direct cells of `scenario` per contender (native, stock and bare).
+
+    Unmeasured cells included: the charts draw them as missing.
+    """
+    found: dict[str, list[CellStats]] = {}
+    for cell in analysis.cells.values():
+        if cell.scenario == scenario and cell.via == "direct":
+            found.setdefault(cell.contender, []).append(cell)
+    return {name: sorted(cells, key=lambda c: c.concurrency) for name, cells in found.items()}
+
+
+def missing_bar(axis: Axes, x: float, height: float, width: float = 0.8) -> None:
+    """Draw an unmeasured cell: an empty hatched bar, labelled n/a."""
+    axis.bar(x, height, width, fill=False, hatch="//", edgecolor="grey", linewidth=0.8)
+    axis.text(x, height / 2, MISSING, ha="center", va="center", fontsize=9, backgroundcolor="w")
+
+
+def no_scale(axis: Axes) -> None:
+    """Hide the value axis of a panel where nothing was measured: its scale would mean nothing."""
+    axis.tick_params(axis="y", which="both", left=False, labelleft=False)
+
+
+def color(analysis: Analysis, contender: str) -> str:
+    """Return the same colour for a contender in every chart."""
+    mode, _, profile = contender.partition("+")
+    base = analysis.contenders.index(mode) if mode in analysis.contenders else 9
+    offset = {"": 0, "stock": len(analysis.contenders), "bare": 2 * len(analysis.contenders)}
+    return f"C{(base + offset.get(profile, 0)) % 10}"
+
+
+def grid(count: int) -> tuple[int, int]:
+    """Return (rows, columns) for `count` panels, at most three per row."""
+    columns = min(3, max(1, count))
+    return math.ceil(count / columns), columns
+
+
+def throughput_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw throughput.png (see throughput_figure)."""
+    figure = throughput_figure(analysis)
+    return save(figure, out / "throughput.png") if figure else None
+
+
+def throughput_figure(analysis: Analysis) -> Figure | None:
+    """Return requests/s per scenario and mode: lines over connections, bars for one level.
+
+    The bare apps are left out (ceiling.png): at ten times Django's figures they would
+    flatten every other line.
+    """
+    panels = []
+    for name in analysis.scenarios:
+        found = {k: v for k, v in series(analysis, name).items() if not k.endswith("+bare")}
+        if found:
+            panels.append((name, found))
+    if not panels:
+        return None
+    rows, columns = grid(len(panels))
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for index, (name, found) in enumerate(panels):
+        axis = axes[index // columns][index % columns]
+        levels = sorted({cell.concurrency for cells in found.values() for cell in cells})
+        missing = [cell for cells in found.values() for cell in cells if not cell.measured]
+        if len(levels) > 1:
+            for contender, all_cells in found.items():
+                cells = [cell for cell in all_cells if cell.measured]
+                x = [cell.concurrency for cell in cells]
+                y = [cell.rps.median for cell in cells]
+                errors = [
+                    [cell.rps.median - cell.rps.low for cell in cells],
+                    [cell.rps.high - cell.rps.median for cell in cells],
+                ]
+                style = "--" if "+" in contender else "-"
+                axis.errorbar(
+                    x,
+                    y,
+                    yerr=errors,
+                    label=contender if cells else f"{contender} ({MISSING})",
+                    marker="o",
+                    linestyle=style,
+                    capsize=3,
+                    color=color(analysis, contender),
+                )
+            for cell in missing:
+                axis.plot(
+                    cell.concurrency, 0, marker="x", color=color(analysis, cell.contender), ms=9
+                )
+                axis.annotate(
+                    MISSING,
+                    (cell.concurrency, 0),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize=7,
+                    color="dimgrey",
+                )
+            axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())
+            axis.set_xticks(levels, [str(level) for level in levels])
+            axis.set_xlabel("connections")
+            axis.legend(fontsize=7)
+            axis.set_title(name)
+        else:
+            names = list(found)
+            cells = [found[contender][0] for contender in names]
+            top = max((cell.rps.high for cell in cells if cell.measured), default=1.0) or 1.0
+            for position, (contender, cell) in enumerate(zip(names, cells, strict=True)):
+                if not cell.measured:
+                    missing_bar(axis, position, top)
+                    continue
+                axis.bar(
+                    position,
+                    cell.rps.median,
+                    yerr=[[cell.rps.median - cell.rps.low], [cell.rps.high - cell.rps.median]],
+                    capsize=3,
+                    color=color(analysis, contender),
+                )
+            if not any(cell.measured for cell in cells):
+                no_scale(axis)
+            axis.set_xticks(range(len(cells)), names, rotation=30, ha="right", fontsize=7)
+            axis.set_title(f"{name} at {levels[0]} connections")
+        if missing:
+            axis.set_xlabel(MISSING_NOTE, fontsize=7)
+        axis.set_ylabel("requests/s (median, min-max)")
+        axis.grid(True, alpha=0.3)
+    for index in range(len(panels), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    figure.suptitle("Throughput (direct, no nginx)")
+    return figure
+
+
+def ceiling_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw Django's hello against the bare app on the same server config, per mode."""
+    pairs = []
+    for contender in analysis.contenders:
+        for bare in find(analysis.cells, f"{contender}+bare", "hello"):
+            django = find(analysis.cells, contender, "hello", bare.concurrency)
+            if django:
+                pairs.append((contender, django[0].rps.median, bare.rps.median))
+    if not pairs:
+        return None
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(pairs) + 2), 4.0))
+    positions = range(len(pairs))
+    axis.bar([p - 0.2 for p in positions], [b for _, _, b in pairs], 0.4, label="bare app")
+    axis.bar([p + 0.2 for p in positions], [d for _, d, _ in pairs], 0.4, label="Django hello")
+    axis.set_xticks(list(positions), [name for name, _, _ in pairs], rotation=20, ha="right")
+    axis.set_ylabel("requests/s (median)")
+    axis.set_title("Ceiling: the same server config without Django")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    return save(figure, out / "ceiling.png")
+
+
+def latency_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw latency.png (see latency_figure)."""
+    figure = latency_figure(analysis)
+    return save(figure, out / "latency.png") if figure else None
+
+
+def latency_figure(analysis: Analysis) -> Figure | None:
+    """Return p50/p90/p99 per mode at each scenario's highest concurrency (log scale)."""
+    panels = []
+    for name in analysis.scenarios:
+        cells = [cells[-1] for cells in series(analysis, name).values()]
+        if cells:
+            panels.append((name, cells))
+    if not panels:
+        return None
+    rows, columns = grid(len(panels))
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for index, (name, cells) in enumerate(panels):
+        axis = axes[index // columns][index % columns]
+        width = 0.27
+        measured = [(p, cell) for p, cell in enumerate(cells) if cell.measured]
+        for offset, (label, key) in enumerate(
+            (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))
+        ):
+            values = [max(getattr(cell, key).median, 0.01) for _, cell in measured]
+            axis.bar(
+                [p + (offset - 1) * width for p, _ in measured],
+                values,
+                width,
+                label=label,
+                color=f"C{offset}",
+            )
+        axis.set_yscale("log")
+        top = max((cell.p99_ms.median for _, cell in measured), default=1.0)
+        for position, cell in enumerate(cells):
+            if not cell.measured:
+                # On a log axis a bar starts at the bottom limit; from 0.01 ms it always shows.
+                missing_bar(axis, position, max(top, 1.0), width=3 * width)
+        if len(measured) < len(cells):
+            axis.set_ylim(bottom=0.01)
+            axis.set_xlabel(MISSING_NOTE, fontsize=7)
+        if not measured:
+            no_scale(axis)
+        axis.set_xticks(list(range(len(cells))))
+        axis.set_xticklabels(
+            [cell.contender for cell in cells], rotation=35, ha="right", fontsize=7
+        )
+        axis.set_ylabel("latency, ms (log)")
+        level = max(cell.concurrency for cell in cells)
+        axis.set_title(f"{name} at {level} connections")
+        axis.grid(True, axis="y", alpha=0.3)
+        if measured:
+            axis.legend(fontsize=7)
+    for index in range(len(panels), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    figure.suptitle("Latency percentiles (direct)")
+    return figure
+
+
+def memory_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw RSS per worker at rest and at its peak under load, per mode (SSE included)."""
+    rest: dict[str, int] = {}
+    load: dict[str, int] = {}
+    for server in analysis.results["servers"]:
+        name = server["contender"] + (" SSE" if server["tag"].startswith("sse-") else "")
+        if server["rest_worker_rss"]:
+            rest[name] = max(rest.get(name, 0), max(server["rest_worker_rss"]))
+    for cell in analysis.cells.values():
+        if cell.measured:
+            load[cell.contender] = max(load.get(cell.contender, 0), cell.server_peak_worker_rss)
+    for run in analysis.results["sse_runs"]:
+        name = run["contender"] + " SSE"
+        load[name] = max(load.get(name, 0), run["server"]["peak_worker_rss"])
+    names = [name for name in rest if name in load]
+    if not names:
+        return None
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 2), 4.2))
+    positions = range(len(names))
+    axis.bar([p - 0.2 for p in positions], [rest[n] / MIB for n in names], 0.4, label="at rest")
+    axis.bar(
+        [p + 0.2 for p in positions], [load[n] / MIB for n in names], 0.4, label="under load (peak)"
+    )
+    axis.axhline(200e6 / MIB, color="red", linestyle=":", linewidth=1, label="200 MB (target 6)")
+    axis.set_xticks(list(positions))
+    axis.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+    axis.set_ylabel("RSS per worker, MiB")
+    axis.set_title("Memory per worker process")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    return save(figure, out / "memory.png")
+
+
+def sse_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw the share of SSE events on time per mode and client count."""
+    runs = analysis.results["sse_runs"]
+    if not runs:
+        return None
+    contenders = list(dict.fromkeys(run["contender"] for run in runs))
+    counts = sorted({run["clients"] for run in runs})
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(contenders) + 2), 4.0))
+    width = 0.8 / len(counts)
+    for offset, count in enumerate(counts):
+        values = []
+        for contender in contenders:
+            run = next(
+                (r for r in runs if r["contender"] == contender and r["clients"] == count), None
+            )
+            values.append(100 * run["on_time_ratio"] if run else 0.0)
+        axis.bar(
+            [p + (offset - (len(counts) - 1) / 2) * width for p in range(len(contenders))],
+            values,
+            width,
+            label=f"{count:,} clients",
+        )
+    axis.axhline(99, color="red", linestyle=":", linewidth=1, label="99% (target 4)")
+    axis.set_xticks(list(range(len(contenders))))
+    axis.set_xticklabels(contenders, rotation=20, ha="right", fontsize=8)
+    axis.set_ylabel("events <= 100 ms late, %")
+    axis.set_ylim(0, 105)
+    axis.set_title("Server-Sent Events on one worker")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    return save(figure, out / "sse.png")
+
+
+def nginx_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw direct against nginx throughput per mode (an unmeasured side as n/a)."""
+    names: list[str] = []
+    sides: dict[str, list[CellStats]] = {"direct": [], "through nginx": []}
+    for cell in analysis.cells.values():
+        direct = analysis.cells.get(cell.key.replace("|nginx", "|direct"))
+        if cell.via == "nginx" and direct is not None:
+            names.append(cell.contender)
+            sides["direct"].append(direct)
+            sides["through nginx"].append(cell)
+    if not names:
+        return None
+    every = [cell for cells in sides.values() for cell in cells]
+    top = max((cell.rps.median for cell in every if cell.measured), default=0.0) or 1.0
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4.0))
+    for index, (label, cells) in enumerate(sides.items()):
+        offset = -0.2 if index == 0 else 0.2
+        drawn = [(position, cell) for position, cell in enumerate(cells) if cell.measured]
+        axis.bar(
+            [position + offset for position, _ in drawn],
+            [cell.rps.median for _, cell in drawn],
+            0.4,
+            label=label,
+            color=f"C{index}",
+        )
+        for position, cell in enumerate(cells):
+            if not cell.measured:
+                missing_bar(axis, position + offset, top, width=0.4)
+    if not all(cell.measured for cell in every):
+        axis.set_xlabel(MISSING_NOTE, fontsize=7)
+    axis.set_xticks(list(range(len(names))))
+    axis.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+    axis.set_ylabel("requests/s (median)")
+    axis.set_title("nginx in front")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    return save(figure, out / "nginx.png")
+
+
+def draw_all(analysis: Analysis, out: Path) -> list[str]:
+    """Draw every chart the results allow; return the file names written."""
+    drawn = []
+    for draw in (
+        throughput_chart,
+        latency_chart,
+        ceiling_chart,
+        nginx_chart,
+        sse_chart,
+        memory_chart,
+    ):
+        name = draw(analysis, out)
+        if name:
+            drawn.append(name)
+    return drawn

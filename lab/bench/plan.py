@@ -1,0 +1,219 @@
+"""The matrix: which server runs which load, in what order, and how long that should take.
+
+A group is one fresh server (a contender with its worker count) and the cells measured on
+it; a cell is one scenario at one concurrency, sent directly or through nginx. Every group's
+server starts once and stays up, idle, while the others run; odd repeats run the groups, and
+the cells inside each, in reverse order, so slow drift (heat, other load) hits every side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.bench.contenders import GRANIAN_MODES, Contender
+from lab.bench.scenarios import BUILTIN, STREAM, Scenario
+
+# The default run's ceiling check: the bare apps at this many connections.
+BARE_CONCURRENCY = 100
+# The profiles compared with "stock": the modes of targets 1 and 2.
+STOCK_MODES = ("asgi_uvicorn", "wsgi_sync")
+STOCK_SCENARIOS = ("hello", "json")
+# granian is the optional contender: the default matrix gives it the showcase endpoints that
+# compare servers (hello, json, sleep) and skips the ones that compare Django code paths.
+GRANIAN_SCENARIOS = ("hello", "json", "sleep")
+# Rough costs for the ETA: seconds to start a server (Django import; a bare app is quicker)
+# and around each run.
+START_S = 3.0
+START_BARE_S = 1.5
+WARMUP_MAX_CONNECTIONS = 50
+RUN_OVERHEAD_S = 0.4
+SSE_GRACE_S = 3.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a run was asked to do (the command line, checked)."""
+
+    out: Path
+    modes: tuple[str, ...]
+    endpoints: tuple[str, ...]
+    scenarios: tuple[Scenario, ...]
+    concurrency: tuple[int, ...] = ()
+    duration_s: float = 3.0
+    warmup_s: float = 1.0
+    repeat: int = 3
+    workers: int = 2
+    threads: int = 4
+    nginx: bool = True
+    stock: bool = True
+    bare: bool = True
+    sse_clients: tuple[int, ...] = (100, 1000)
+    sse_events: int = 15
+    sse_interval_ms: int = 200
+    sse_ramp_s: float = 1.0
+    timeout_s: float = 2.0
+    server_cpus: tuple[int, ...] = ()
+    load_cpus: tuple[int, ...] = ()
+    quick: bool = False
+    # "": a private SQLite database, freshly migrated, with `fixtures` loaded into it.
+    database_url: str = ""
+    fixtures: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One scenario at one concurrency on one contender, directly or through nginx."""
+
+    contender: str
+    scenario: str
+    concurrency: int
+    via: str = "direct"
+
+    @property
+    def key(self) -> str:
+        """Return the cell's identifier in results.json."""
+        return f"{self.contender}|{self.scenario}|c{self.concurrency}|{self.via}"
+
+
+@dataclass
+class Group:
+    """One fresh server, and the cells measured on it in every repeat."""
+
+    contender: Contender
+    workers: int
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def needs_nginx(self) -> bool:
+        """Return whether any cell goes through nginx."""
+        return any(cell.via == "nginx" for cell in self.cells)
+
+
+@dataclass
+class SseGroup:
+    """One fresh one-worker server holding `clients` streams per run, once each."""
+
+    contender: Contender
+    clients: tuple[int, ...]
+
+
+@dataclass
+class Plan:
+    """The whole run: the wrk groups, the SSE groups, and the scenarios by name."""
+
+    groups: list[Group]
+    sse: list[SseGroup]
+    scenarios: dict[str, Scenario]
+    options: Options
+
+    def ordered(self, repeat: int) -> Iterator[tuple[Group, list[Cell]]]:
+        """Yield the groups and their cells in the order of repeat `repeat` (0-based)."""
+        groups = self.groups if repeat % 2 == 0 else list(reversed(self.groups))
+        for group in groups:
+            cells = group.cells if repeat % 2 == 0 else list(reversed(group.cells))
+            yield group, cells
+
+    def cell_count(self) -> int:
+        """Return the number of cells (each measured `repeat` times)."""
+        return sum(len(group.cells) for group in self.groups)
+
+    def estimate_s(self) -> float:
+        """Return how long the run should take, roughly, in seconds."""
+        opts = self.options
+        starts = sum(
+            (START_BARE_S if group.contender.profile == "bare" else START_S) + opts.warmup_s
+            for group in self.groups
+        )
+        runs = self.cell_count() * opts.repeat * (opts.duration_s + RUN_OVERHEAD_S)
+        stream_s = opts.sse_ramp_s + (opts.sse_events - 1) * opts.sse_interval_ms / 1000 + 1.0
+        sse = sum(START_S + len(group.clients) * (stream_s + 1.0) for group in self.sse)
+        return starts + runs + sse
+
+
+def warmups(group: Group) -> tuple[list[str], int]:
+    """Return the scenarios a fresh server warms up with, all at once, and the connections.
+
+    Directly, at the group's highest level (capped), so worker start-up, lazy imports, database
+    connections, HTTP client pools and threads exist before the first measured second.
+    nginx's upstream connections open within the first milliseconds of its own runs.
+    """
+    scenarios = list(dict.fromkeys(cell.scenario for cell in group.cells))
+    # Capped: a sync worker at 500 connections queues the overflow in its backlog, which the
+    # first measured run would then pay for.
+    return scenarios, min(WARMUP_MAX_CONNECTIONS, max(cell.concurrency for cell in group.cells))
+
+
+def levels(scenario: Scenario, options: Options) -> tuple[int, ...]:
+    """Return the concurrency levels of `scenario`: --concurrency, else its own, else 10,100."""
+    return options.concurrency or scenario.concurrency or (10, 100)
+
+
+def build(options: Options) -> Plan:
+    """Return the plan of a run from its options."""
+    scenarios = {scenario.name: scenario for scenario in options.scenarios}
+    groups = []
+    native = [Contender(mode) for mode in options.modes]
+    for contender in native:
+        group = Group(contender, options.workers)
+        for scenario in scenarios.values():
+            if (
+                contender.mode in GRANIAN_MODES
+                and scenario.builtin
+                and scenario.name not in GRANIAN_SCENARIOS
+            ):
+                continue
+            group.cells += [
+                Cell(contender.name, scenario.name, c) for c in levels(scenario, options)
+            ]
+        if options.nginx and scenarios:
+            # nginx's cost is measured on the first scenario (hello when chosen), at its
+            # highest level: the proxy hop, not the app, is what differs.
+            first = next(iter(scenarios.values()))
+            group.cells.append(
+                Cell(contender.name, first.name, max(levels(first, options)), via="nginx")
+            )
+        if group.cells:
+            groups.append(group)
+    if options.stock:
+        for mode in options.modes:
+            if mode not in STOCK_MODES:
+                continue
+            contender = Contender(mode, "stock")
+            group = Group(contender, options.workers)
+            for name in STOCK_SCENARIOS:
+                if name in scenarios:
+                    group.cells += [
+                        Cell(contender.name, name, c) for c in levels(scenarios[name], options)
+                    ]
+            if group.cells:
+                groups.append(group)
+    if options.bare and "hello" in scenarios:
+        for mode in options.modes:
+            contender = Contender(mode, "bare")
+            hello_levels = levels(scenarios["hello"], options)
+            level = BARE_CONCURRENCY if BARE_CONCURRENCY in hello_levels else max(hello_levels)
+            groups.append(Group(contender, options.workers, [Cell(contender.name, "hello", level)]))
+    sse = []
+    if STREAM in options.endpoints and options.sse_clients:
+        sse = [SseGroup(contender, options.sse_clients) for contender in native]
+    return Plan(groups, sse, scenarios, options)
+
+
+def default_cpus() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Return (server CPUs, load CPUs): the first half for the server, the rest for the load.
+
+    One usable CPU: no pinning at all (both empty), and the report says so.
+    """
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(usable) < 2:
+        return (), ()
+    half = len(usable) // 2
+    return tuple(usable[:half]), tuple(usable[half:])
+
+
+def builtin_scenarios(endpoints: tuple[str, ...]) -> list[Scenario]:
+    """Return the showcase scenarios named in `endpoints`, in the order given."""
+    return [BUILTIN[name] for name in endpoints if name in BUILTIN]

@@ -1,0 +1,318 @@
+"""Run the local stack: `make up` (or `python -m lab.up` from the repo root).
+
+Migrates, collects static files, renders nginx's config, then runs one WSGI server, one ASGI
+server (WSGI_MODE / ASGI_MODE name configs in deploy/gunicorn/), the showcase upstream and nginx
+under honcho, waits until each answers its health check and prints the URLs. Ctrl-C (SIGINT) or
+SIGTERM stops everything: honcho starts each process in a session of its own and sends SIGTERM
+to the whole process group (gunicorn's UvicornWorker ignores SIGINT), then SIGKILL after 5 s.
+Without nginx the direct ports still serve. Ports and paths: see deploy/nginx.py, plus
+UPSTREAM_PORT (8003) and UP_TIMEOUT (seconds to wait for the health checks, 60).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from honcho.manager import Manager  # type: ignore[import-untyped]
+from honcho.printer import Printer  # type: ignore[import-untyped]
+
+from deploy import nginx
+from lab import servers
+
+BASE_DIR = nginx.BASE_DIR
+MODES = {"WSGI_MODE": servers.WSGI_MODES, "ASGI_MODE": servers.ASGI_MODES}
+DEFAULT_MODES = {"WSGI_MODE": "wsgi_gthread", "ASGI_MODE": "asgi_uvicorn"}
+UPSTREAM_PORT_DEFAULT = 8003
+UP_TIMEOUT_DEFAULT = 60.0
+# Printed once every process answers; tests and scripts wait for this line.
+READY_BANNER = "dualserve is up (Ctrl-C stops everything):"
+# honcho's exit codes for a stop asked by SIGINT / SIGTERM: a normal end of `make up`.
+SIGNAL_EXIT_CODES = {130, 143}
+
+
+class UpError(Exception):
+    """The stack cannot start; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the stack, the URL it serves and the URL that proves it is ready."""
+
+    name: str
+    command: list[str]
+    url: str
+    health_url: str
+    description: str
+
+
+def mode(env: Mapping[str, str], name: str) -> str:
+    """Return the serving mode named by `name` (WSGI_MODE or ASGI_MODE), checked to exist."""
+    chosen = env.get(name, "").strip() or DEFAULT_MODES[name]
+    if chosen not in MODES[name]:
+        raise UpError(
+            f"{name}={chosen!r} is not a serving mode for {name.split('_')[0]}: use one of "
+            f"{', '.join(MODES[name])}."
+        )
+    return chosen
+
+
+def upstream_port(env: Mapping[str, str]) -> int:
+    """Return the showcase upstream's port (UPSTREAM_PORT)."""
+    raw = env.get("UPSTREAM_PORT", "").strip() or str(UPSTREAM_PORT_DEFAULT)
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 65535:
+        raise UpError(f"UPSTREAM_PORT={raw!r} is not a port number (1-65535).")
+    return int(raw)
+
+
+def up_timeout(env: Mapping[str, str]) -> float:
+    """Return how long to wait for every health check (UP_TIMEOUT seconds)."""
+    raw = env.get("UP_TIMEOUT", "").strip() or str(UP_TIMEOUT_DEFAULT)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise UpError(f"UP_TIMEOUT={raw!r} is not a number of seconds.") from None
+    if not 1 <= seconds <= 600:
+        raise UpError(f"UP_TIMEOUT={raw!r} must be between 1 and 600 seconds.")
+    return seconds
+
+
+def gunicorn_command(config_mode: str, port: int) -> list[str]:
+    """Return the command that serves `config_mode` on 127.0.0.1:`port`."""
+    config = servers.mode_config(config_mode)
+    bind = f"127.0.0.1:{port}"
+    return [servers.gunicorn_executable(), "-c", str(config), "--bind", bind]
+
+
+def services(env: Mapping[str, str], nginx_binary: str | None) -> list[Service]:
+    """Return the stack's processes; nginx only when `nginx_binary` is given."""
+    ports = nginx.ports(env)
+    wsgi_mode, asgi_mode = mode(env, "WSGI_MODE"), mode(env, "ASGI_MODE")
+    upstream = upstream_port(env)
+
+    def local(port: int, path: str = "/") -> str:
+        return f"http://127.0.0.1:{port}{path}"
+
+    found = [
+        Service(
+            "wsgi",
+            gunicorn_command(wsgi_mode, ports["WSGI_PORT"]),
+            local(ports["WSGI_PORT"]),
+            local(ports["WSGI_PORT"], "/readyz"),
+            f"WSGI server direct ({wsgi_mode})",
+        ),
+        Service(
+            "asgi",
+            gunicorn_command(asgi_mode, ports["ASGI_PORT"]),
+            local(ports["ASGI_PORT"]),
+            local(ports["ASGI_PORT"], "/readyz"),
+            f"ASGI server direct ({asgi_mode})",
+        ),
+        Service(
+            "upstream",
+            [
+                sys.executable,
+                "-m",
+                "apps.showcase.upstream",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(upstream),
+            ],
+            local(upstream),
+            local(upstream, "/?ms=0"),
+            "showcase upstream (answers /?ms=N after N ms)",
+        ),
+    ]
+    if nginx_binary is not None:
+        config = nginx_config_path(env)
+        command = nginx.nginx_command(nginx_binary, config, "-g", "daemon off;")
+        # One process, three entries: the table lists each entry, health-checked through nginx.
+        found.append(
+            Service(
+                "nginx",
+                command,
+                local(ports["NGINX_HYBRID_PORT"]),
+                local(ports["NGINX_HYBRID_PORT"], "/readyz"),
+                "nginx hybrid: /async/ and event streams to ASGI, the rest to WSGI",
+            )
+        )
+        for name, target in (("NGINX_WSGI_PORT", "WSGI"), ("NGINX_ASGI_PORT", "ASGI")):
+            found.append(
+                Service(
+                    "",
+                    [],
+                    local(ports[name]),
+                    local(ports[name], "/readyz"),
+                    f"nginx: everything to {target}",
+                )
+            )
+    return found
+
+
+def check_ports_free(stack: Sequence[Service]) -> None:
+    """Raise UpError naming the first port some other process already listens on."""
+    for service in stack:
+        port = int(service.url.rsplit(":", 1)[1].rstrip("/"))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise UpError(
+                    f"port {port} ({service.description}) is in use: stop what listens there, "
+                    "or choose another port through the environment (see deploy/nginx.py)."
+                ) from None
+
+
+def run_step(args: list[str], env: Mapping[str, str], what: str) -> None:
+    """Run one preparation step to completion; raise UpError with its output on failure."""
+    print(f"up: {what}", flush=True)
+    try:
+        done = subprocess.run(  # noqa: S603  (our own interpreter and arguments, no shell)
+            args,
+            cwd=BASE_DIR,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise UpError(f"{what} did not finish within 300 s.") from None
+    if done.returncode != 0:
+        raise UpError(f"{what} failed:\n{done.stdout}{done.stderr}")
+
+
+def nginx_config_path(env: Mapping[str, str]) -> Path:
+    """Return where the rendered nginx config lives: nginx's run dir."""
+    return Path(nginx.run_dir("local", env)) / "nginx.conf"
+
+
+def write_nginx_config(binary: str, env: Mapping[str, str]) -> None:
+    """Render nginx's config into its run dir and check it with `nginx -t`."""
+    config = nginx_config_path(env)
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(nginx.render("local", env), encoding="utf-8")
+    checked = nginx.check(binary, config)
+    if checked.returncode != 0:
+        raise UpError(f"nginx -t rejected {config}:\n{checked.stderr}")
+
+
+def answers(url: str) -> bool:
+    """Return whether `url` answers 200 right now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310  (our http URL)
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def table(stack: Sequence[Service]) -> str:
+    """Return the banner and one line per URL."""
+    width = max(len(service.url) for service in stack)
+    lines = [READY_BANNER]
+    lines += [f"  {service.url:<{width}}  {service.description}" for service in stack]
+    return "\n".join(lines) + "\n"
+
+
+class HealthWatch(threading.Thread):
+    """Wait (bounded) until every service answers, then print the table; else stop the stack."""
+
+    def __init__(self, manager: Manager, stack: Sequence[Service], timeout: float) -> None:
+        super().__init__(name="up-health", daemon=True)
+        self.manager = manager
+        self.stack = stack
+        self.timeout = timeout
+        self.stopped = threading.Event()
+        self.failed = False
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        waiting = list(self.stack)
+        # In order, so nginx is asked only once the servers behind it answer (fewer 502 lines).
+        while waiting and time.monotonic() < deadline and not self.stopped.is_set():
+            if answers(waiting[0].health_url):
+                waiting.pop(0)
+            else:
+                self.stopped.wait(0.2)
+        if self.stopped.is_set():
+            return
+        if waiting:
+            self.failed = True
+            names = ", ".join(service.health_url for service in waiting)
+            print(f"up: no answer within {self.timeout:g} s from {names}; stopping.", flush=True)
+            self.manager.terminate()
+            return
+        sys.stdout.write(table(self.stack))
+        sys.stdout.flush()
+
+
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """Return the environment of every process: the caller's, plus unbuffered Python output."""
+    merged = dict(env)
+    merged["PYTHONUNBUFFERED"] = "1"
+    merged.setdefault("SHOWCASE_UPSTREAM_URL", f"http://127.0.0.1:{upstream_port(env)}/")
+    return merged
+
+
+def up(env: Mapping[str, str]) -> int:
+    """Prepare and run the stack until a signal or a process ends; return the exit code."""
+    child_env = child_environment(env)
+    # Settings checked, nginx config tested and ports found free before anything starts.
+    timeout = up_timeout(child_env)
+    binary = nginx.nginx_binary(child_env)
+    stack = services(child_env, binary)
+    if binary is None:
+        print(f"up: {nginx.INSTALL_HINT} Serving the direct ports only.", flush=True)
+    else:
+        write_nginx_config(binary, child_env)
+    check_ports_free(stack)
+    python = [sys.executable, "manage.py"]
+    run_step([*python, "migrate", "--noinput"], child_env, "migrating the database")
+    run_step(
+        [*python, "collectstatic", "--noinput", "--verbosity", "0"],
+        child_env,
+        "collecting static files",
+    )
+
+    manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
+    for service in stack:
+        if service.command:
+            # exec: the shell honcho starts gives way to the server, which gets signals itself.
+            command = "exec " + shlex.join(service.command)
+            manager.add_process(service.name, command, env=child_env, cwd=str(BASE_DIR))
+    watch = HealthWatch(manager, stack, timeout)
+    watch.start()
+    manager.loop()
+    watch.stopped.set()
+    watch.join(5)
+    if watch.failed:
+        return 1
+    code: int = manager.returncode or 0
+    return 0 if code in SIGNAL_EXIT_CODES else code
+
+
+def main() -> int:
+    """Run `up` with this process's environment; print what went wrong, if anything."""
+    try:
+        return up(os.environ)
+    except (UpError, nginx.ConfigError) as exc:
+        print(f"up: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""project.asgi: the lifespan protocol answered, HTTP handed to Django."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from typing import Any, ClassVar
+from unittest import mock
+
+from asgiref.testing import ApplicationCommunicator
+from django.core.signals import request_finished, request_started
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.test import SimpleTestCase, TransactionTestCase, override_settings
+from uvicorn.config import Config
+from uvicorn.lifespan.on import LifespanOn
+
+from apps.dualserve.asgi import (
+    ExecutorPool,
+    PooledThreadASGIHandler,
+    RequestExecutor,
+    only_thread_local_receivers,
+)
+from tests.dualserve import views
+from tests.support import asgi_request, count_thread_hops, http_scope
+
+
+class LifespanTests(SimpleTestCase):
+    async def test_startup_and_shutdown_complete(self) -> None:
+        from project.asgi import application
+
+        communicator = ApplicationCommunicator(
+            application, {"type": "lifespan", "asgi": {"version": "3.0"}}
+        )
+        await communicator.send_input({"type": "lifespan.startup"})
+        self.assertEqual(
+            await communicator.receive_output(2), {"type": "lifespan.startup.complete"}
+        )
+        await communicator.send_input({"type": "lifespan.shutdown"})
+        self.assertEqual(
+            await communicator.receive_output(2), {"type": "lifespan.shutdown.complete"}
+        )
+        await communicator.wait(2)
+
+    async def test_uvicorn_lifespan_on_starts_quietly(self) -> None:
+        # uvicorn's own lifespan driver, as `--lifespan on` runs it.
+        config = Config(app="project.asgi:application", lifespan="on")
+        config.load()
+        lifespan = LifespanOn(config)
+        with self.assertNoLogs("uvicorn.error", logging.WARNING):
+            await lifespan.startup()
+            self.assertFalse(lifespan.startup_failed)
+            self.assertFalse(lifespan.should_exit)
+            await lifespan.shutdown()
+            self.assertFalse(lifespan.shutdown_failed)
+
+    async def test_http_reaches_django(self) -> None:
+        from project.asgi import application
+
+        status, headers, _ = await asgi_request(application, "/healthz")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["content-type"], "application/json")
+
+    async def test_websocket_is_refused_by_django(self) -> None:
+        from project.asgi import application
+
+        communicator = ApplicationCommunicator(application, {"type": "websocket", "path": "/"})
+        with self.assertRaisesMessage(ValueError, "Django can only handle ASGI/HTTP"):
+            await communicator.wait(2)
+
+
+async def thread_of(handler: PooledThreadASGIHandler, sleep: float = 0) -> str:
+    """Return the thread a sync view ran on for one request through `handler`."""
+    query = f"sleep={sleep}".encode()
+    status, _, chunks = await asgi_request(handler, "/sync/thread/", query_string=query)
+    assert status == 200
+    thread: str = json.loads(b"".join(chunks))["thread"]
+    return thread
+
+
+@override_settings(ROOT_URLCONF="tests.dualserve.urls")
+class PooledThreadHandlerTests(SimpleTestCase):
+    async def test_a_request_reuses_an_idle_thread(self) -> None:
+        handler = PooledThreadASGIHandler()
+        first = await thread_of(handler)
+        second = await thread_of(handler)
+        self.assertEqual(first, second)
+        self.assertEqual(len(handler.executors), 1)
+
+    async def test_djangos_handler_starts_a_thread_per_request(self) -> None:
+        # The cost the pool removes (control for the test above).
+        from django.core.handlers.asgi import ASGIHandler
+
+        handler = ASGIHandler()
+        threads = {await thread_of(handler) for _ in range(3)}  # type: ignore[arg-type]
+        self.assertEqual(len(threads), 3)
+
+    async def test_concurrent_requests_get_their_own_threads(self) -> None:
+        handler = PooledThreadASGIHandler()
+        # 1 s each: all four must hold their thread at once, even on a slow machine.
+        threads = await asyncio.gather(*(thread_of(handler, sleep=1.0) for _ in range(4)))
+        self.assertEqual(len(set(threads)), 4)
+
+    @override_settings(ASGI_IDLE_THREADS=2)
+    async def test_idle_threads_are_bounded(self) -> None:
+        handler = PooledThreadASGIHandler()
+        await asyncio.gather(*(thread_of(handler, sleep=0.1) for _ in range(5)))
+        self.assertEqual(len(handler.executors), 2)
+
+    async def test_request_signals_still_fire(self) -> None:
+        # close_old_connections hangs on these: connections are still closed per request.
+        handler = PooledThreadASGIHandler()
+        seen: list[str] = []
+
+        def started(**kwargs: object) -> None:
+            seen.append("started")
+
+        def finished(**kwargs: object) -> None:
+            seen.append("finished")
+
+        request_started.connect(started)
+        request_finished.connect(finished)
+        try:
+            await thread_of(handler)
+            await thread_of(handler)
+        finally:
+            request_started.disconnect(started)
+            request_finished.disconnect(finished)
+        self.assertEqual(seen, ["started", "finished", "started", "finished"])
+
+    async def test_non_http_scopes_are_refused_as_django_does(self) -> None:
+        communicator = ApplicationCommunicator(
+            PooledThreadASGIHandler(), {"type": "websocket", "path": "/"}
+        )
+        with self.assertRaisesMessage(ValueError, "Django can only handle ASGI/HTTP"):
+            await communicator.wait(2)
+
+
+def record_connection_checks() -> tuple[list[str], Any]:
+    """Patch the per-connection check close_old_connections makes; return (threads, patcher).
+
+    The receiver itself cannot be replaced: the handler recognises Django's own by identity.
+    """
+    threads: list[str] = []
+    original = BaseDatabaseWrapper.close_if_unusable_or_obsolete
+
+    def recorded(self: BaseDatabaseWrapper) -> None:
+        threads.append(threading.current_thread().name)
+        original(self)
+
+    return threads, mock.patch.object(
+        BaseDatabaseWrapper, "close_if_unusable_or_obsolete", recorded
+    )
+
+
+@override_settings(ROOT_URLCONF="tests.dualserve.urls")
+class DeferredRequestSignalTests(TransactionTestCase):
+    """The two hops Django's handler makes per request, deferred to where they matter."""
+
+    databases: ClassVar[set[str]] = {"default"}
+
+    async def test_a_request_that_stays_on_the_loop_makes_no_hop(self) -> None:
+        from project.asgi import application
+
+        await asgi_request(application, "/async/ok/")
+        with count_thread_hops() as counts:
+            status, _, _ = await asgi_request(application, "/async/ok/")
+        self.assertEqual(status, 200)
+        self.assertEqual(counts["sync_to_async"], 0)
+
+    async def test_djangos_handler_makes_two_for_the_same_request(self) -> None:
+        # The control: the hops the test above shows removed.
+        from django.core.handlers.asgi import ASGIHandler
+
+        handler = ASGIHandler()
+        await asgi_request(handler, "/async/ok/")
+        with count_thread_hops() as counts:
+            await asgi_request(handler, "/async/ok/")
+        self.assertEqual(counts["sync_to_async"], 2)
+
+    async def test_the_request_thread_is_checked_before_its_first_query_and_at_the_end(
+        self,
+    ) -> None:
+        handler = PooledThreadASGIHandler()
+        # The first request opens the thread's connection (nothing to check before it).
+        status, _, chunks = await asgi_request(handler, "/async/count/")
+        self.assertEqual(status, 200)
+        thread = json.loads(b"".join(chunks))["thread"]
+        self.assertTrue(thread.startswith("django-request-"), thread)
+        checks, patcher = record_connection_checks()
+        with patcher:
+            status, _, chunks = await asgi_request(handler, "/async/count/")
+        self.assertEqual(json.loads(b"".join(chunks))["thread"], thread)  # the pooled thread
+        # request_started's check ran there before the query, request_finished's after it.
+        self.assertEqual(checks, [thread, thread])
+
+    async def test_a_request_that_never_uses_its_thread_checks_nothing(self) -> None:
+        handler = PooledThreadASGIHandler()
+        await asgi_request(handler, "/async/count/")  # the thread now holds a connection
+        checks, patcher = record_connection_checks()
+        with patcher:
+            status, _, _ = await asgi_request(handler, "/async/ok/")
+        self.assertEqual(status, 200)
+        self.assertEqual(checks, [])
+        # ...and the next request that uses the thread checks it first.
+        with patcher:
+            await asgi_request(handler, "/async/count/")
+        self.assertEqual(len(checks), 2)
+
+    async def test_a_receiver_of_the_project_brings_djangos_hops_back(self) -> None:
+        handler = PooledThreadASGIHandler()
+        seen: list[tuple[str, str]] = []
+
+        def started(**kwargs: object) -> None:
+            seen.append(("started", threading.current_thread().name))
+
+        def finished(**kwargs: object) -> None:
+            seen.append(("finished", threading.current_thread().name))
+
+        request_started.connect(started)
+        request_finished.connect(finished)
+        try:
+            with count_thread_hops() as counts:
+                await asgi_request(handler, "/async/ok/")
+        finally:
+            request_started.disconnect(started)
+            request_finished.disconnect(finished)
+        self.assertEqual(counts["sync_to_async"], 2)
+        self.assertEqual([name for name, _ in seen], ["started", "finished"])
+        # Both on the request's thread, as Django's thread-sensitive hops put them.
+        self.assertEqual(len({thread for _, thread in seen}), 1)
+        self.assertTrue(seen[0][1].startswith("django-request-"), seen)
+
+    async def test_a_response_with_a_resource_is_closed_on_the_request_thread(self) -> None:
+        views.CLOSED_ON.clear()
+        handler = PooledThreadASGIHandler()
+        status, _, _ = await asgi_request(handler, "/async/closing/")
+        self.assertEqual(status, 200)
+        self.assertEqual(len(views.CLOSED_ON), 1)
+        self.assertTrue(views.CLOSED_ON[0].startswith("django-request-"), views.CLOSED_ON)
+
+    async def test_a_disconnect_cancels_the_view_and_finishes_the_request(self) -> None:
+        views.WAIT_EVENTS.clear()
+        handler = PooledThreadASGIHandler()
+        finished: list[str] = []
+
+        def on_finished(**kwargs: object) -> None:
+            finished.append(threading.current_thread().name)
+
+        request_finished.connect(on_finished)
+        try:
+            communicator = ApplicationCommunicator(handler, http_scope("/async/wait/"))
+            await communicator.send_input({"type": "http.request", "body": b""})
+            for _ in range(100):  # until the view runs (bounded: 5 s)
+                if views.WAIT_EVENTS:
+                    break
+                await asyncio.sleep(0.05)
+            await communicator.send_input({"type": "http.disconnect"})
+            await communicator.wait(5)
+        finally:
+            request_finished.disconnect(on_finished)
+        self.assertEqual(views.WAIT_EVENTS, ["started", "cancelled"])
+        self.assertEqual(len(finished), 1)
+        self.assertTrue(await communicator.receive_nothing())
+
+
+class RequestExecutorTests(SimpleTestCase):
+    def test_the_prologue_runs_once_on_the_thread_before_the_first_job(self) -> None:
+        executor = RequestExecutor("test-request")
+        calls: list[tuple[str, str]] = []
+        try:
+            executor.begin(lambda: calls.append(("prologue", threading.current_thread().name)))
+            self.assertFalse(executor.used)
+            for job in ("first", "second"):
+                executor.submit(
+                    lambda job=job: calls.append((job, threading.current_thread().name))
+                ).result(5)
+        finally:
+            executor.shutdown(wait=True)
+        self.assertTrue(executor.used)
+        self.assertEqual([name for name, _ in calls], ["prologue", "first", "second"])
+        self.assertEqual(len({thread for _, thread in calls}), 1)
+
+    def test_a_released_executor_forgets_the_prologue_of_its_last_request(self) -> None:
+        pool = ExecutorPool(max_idle=1)
+        executor = pool.acquire()
+        calls: list[str] = []
+        try:
+            executor.begin(lambda: calls.append("stale"))
+            pool.release(executor)
+            again = pool.acquire()
+            self.assertIs(again, executor)
+            self.assertFalse(again.used)
+            again.submit(calls.append, "job").result(5)
+        finally:
+            executor.shutdown(wait=True)
+        self.assertEqual(calls, ["job"])
+
+    def test_only_djangos_housekeeping_receivers_are_deferred(self) -> None:
+        self.assertTrue(only_thread_local_receivers(request_started, PooledThreadASGIHandler))
+
+        def receiver(**kwargs: object) -> None:
+            pass
+
+        request_started.connect(receiver)
+        try:
+            self.assertFalse(only_thread_local_receivers(request_started, PooledThreadASGIHandler))
+        finally:
+            request_started.disconnect(receiver)
+
+
+class RetiredThreadTests(TransactionTestCase):
+    databases: ClassVar[set[str]] = {"default"}
+
+    def test_a_retired_thread_closes_its_database_connections_first(self) -> None:
+        from django.db import connections
+
+        # The backend's own wrapper class: SQLite here, PostgreSQL in tests/db/test_app_tests.py.
+        wrapper_class = type(connections["default"])
+        pool = ExecutorPool(max_idle=0)
+        executor = pool.acquire()
+        executor.begin()
+        closed_on: list[str] = []
+        original = wrapper_class.close
+
+        def recorded(wrapper: BaseDatabaseWrapper) -> None:
+            closed_on.append(threading.current_thread().name)
+            original(wrapper)
+
+        thread = executor.submit(lambda: threading.current_thread().name).result(5)
+        # Opened on the executor's thread (connections are per thread).
+        executor.submit(lambda: connections["default"].ensure_connection()).result(5)
+        with mock.patch.object(wrapper_class, "close", recorded):
+            pool.release(executor)  # over max_idle: retired
+            executor.shutdown(wait=True)
+        self.assertEqual(len(pool), 0)
+        self.assertIn(thread, closed_on)

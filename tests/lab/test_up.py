@@ -1,0 +1,270 @@
+"""`make up`'s launcher (lab/up.py), run for real on free ports in a temporary state dir."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lab import servers, up
+from tests.support import require_nginx
+
+PORT_NAMES = (
+    "NGINX_HYBRID_PORT",
+    "NGINX_WSGI_PORT",
+    "NGINX_ASGI_PORT",
+    "WSGI_PORT",
+    "ASGI_PORT",
+    "UPSTREAM_PORT",
+)
+TABLE_LINE = re.compile(r"^  (http://127\.0\.0\.1:([0-9]+)/)  (.+)$")
+# Migrating and collecting static files into an empty dir, then starting four servers.
+START_TIMEOUT = 180.0
+
+
+class Launcher:
+    """lab/up.py in its own session, as a terminal runs it; its output collected by line."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lab.up"],
+            cwd=servers.REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, name="up-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        pending = b""
+        while chunk := os.read(fd, 65536):
+            *complete, pending = (pending + chunk).split(b"\n")
+            # One extend per read (atomic under the GIL): up writes its URL table in one write,
+            # so wait_for_table() sees the banner and its rows together, never the banner alone.
+            self.lines.extend([line.decode(errors="replace") for line in complete])
+        if pending:
+            self.lines.append(pending.decode(errors="replace"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_table(self, timeout: float = START_TIMEOUT) -> dict[int, str]:
+        """Return {port: description} from the printed table; fail on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = list(self.lines)
+            if up.READY_BANNER in lines:
+                rows = lines[lines.index(up.READY_BANNER) + 1 :]
+                table = {}
+                for row in rows:
+                    match = TABLE_LINE.match(row)
+                    if match:
+                        table[int(match[2])] = match[3]
+                return table
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no URL table (exit code {self.process.poll()}):\n{self.output()}")
+
+    def stop(self) -> None:
+        """Last resort in a finally block: SIGKILL the launcher's session, then reap it."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._reader.join(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def process_tree(root: int) -> set[int]:
+    """Return the PIDs of every live descendant of `root`, read from /proc."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children[int(fields[1])].append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children[todo.pop()]:
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Return whether `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def command_of(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    """Wait (bounded) for every PID to end; return those still alive."""
+    deadline = time.monotonic() + timeout
+    left = {pid for pid in pids if alive(pid)}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = {pid for pid in left if alive(pid)}
+    return left
+
+
+def kill_leftovers(pids: set[int]) -> None:
+    """SIGKILL what the launcher started and failed to stop, so one failure leaks nothing."""
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def launcher_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("DJANGO_STATIC_ROOT", None)
+    env.pop("NGINX_RUN_DIR", None)
+    env.update({name: str(servers.free_port()) for name in PORT_NAMES})
+    env.update({"DJANGO_VAR_DIR": str(tmp_path / "var"), "UP_TIMEOUT": "90"})
+    return env
+
+
+@contextlib.contextmanager
+def launched(env: dict[str, str]) -> Iterator[tuple[Launcher, set[int]]]:
+    """Run the launcher; on the way out, end whatever it left (the set the test fills)."""
+    launcher = Launcher(env)
+    started: set[int] = set()
+    try:
+        yield launcher, started
+    finally:
+        started |= process_tree(launcher.process.pid)
+        launcher.stop()
+        kill_leftovers(started)
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+def test_up_serves_every_port_and_ctrl_c_stops_every_process(
+    launcher_env: dict[str, str],
+) -> None:
+    require_nginx()
+    with launched(launcher_env) as (launcher, started):
+        table = launcher.wait_for_table()
+        ports = {int(launcher_env[name]) for name in PORT_NAMES}
+        assert set(table) == ports, launcher.output()
+
+        for port in sorted(ports):
+            response = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+            assert response.status_code == 200, (port, response.text)
+        for name, interface in (("NGINX_WSGI_PORT", "wsgi"), ("NGINX_ASGI_PORT", "asgi")):
+            response = httpx.get(f"http://127.0.0.1:{launcher_env[name]}/async/hello/")
+            assert response.headers["x-interface"] == interface
+
+        started |= process_tree(launcher.process.pid)
+        commands = " | ".join(command_of(pid) for pid in started)
+        assert "nginx: master process" in commands
+        assert "nginx: worker process" in commands
+        assert commands.count("deploy/gunicorn/") >= 2  # both masters (workers fork from them)
+
+        # Ctrl-C in a terminal signals the foreground process group: the launcher's session.
+        os.killpg(launcher.process.pid, signal.SIGINT)
+        assert launcher.process.wait(timeout=60) == 0, launcher.output()
+        assert wait_gone(started) == set(), launcher.output()
+        for port in ports:
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+def test_up_without_nginx_says_how_to_install_it_and_serves_the_direct_ports(
+    launcher_env: dict[str, str], tmp_path: Path
+) -> None:
+    launcher_env["NGINX_BINARY"] = str(tmp_path / "no-nginx-here")
+    with launched(launcher_env) as (launcher, started):
+        table = launcher.wait_for_table()
+        direct = {int(launcher_env[name]) for name in ("WSGI_PORT", "ASGI_PORT", "UPSTREAM_PORT")}
+        assert set(table) == direct, launcher.output()
+        assert "sudo apt-get install nginx" in launcher.output()
+        for port in sorted(direct):
+            assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+
+        started |= process_tree(launcher.process.pid)
+        # SIGTERM (a service manager, `kill`) to the launcher alone stops the stack as well.
+        launcher.process.terminate()
+        assert launcher.process.wait(timeout=60) == 0, launcher.output()
+        assert wait_gone(started) == set(), launcher.output()
+
+
+def run_launcher(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the launcher to completion (it must refuse to start), bounded."""
+    return subprocess.run(
+        [sys.executable, "-m", "lab.up"],
+        cwd=servers.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "WSGI_MODE",
+            "asgi_uvicorn",
+            "WSGI_MODE='asgi_uvicorn' is not a serving mode for WSGI: use one of wsgi_sync",
+        ),
+        ("ASGI_MODE", "uvicorn", "ASGI_MODE='uvicorn' is not a serving mode for ASGI"),
+        ("UPSTREAM_PORT", "x", "UPSTREAM_PORT='x' is not a port number"),
+        ("UP_TIMEOUT", "0", "UP_TIMEOUT='0' must be between 1 and 600 seconds"),
+        ("NGINX_ASGI_PORT", "-1", "NGINX_ASGI_PORT='-1' is not a port number"),
+    ],
+)
+def test_up_refuses_bad_settings_before_touching_anything(
+    launcher_env: dict[str, str], name: str, value: str, message: str
+) -> None:
+    launcher_env[name] = value
+    done = run_launcher(launcher_env)
+    assert done.returncode == 2
+    assert message in done.stderr
+    # Refused before migrating: the state dir holds no database.
+    assert not (Path(launcher_env["DJANGO_VAR_DIR"]) / "db.sqlite3").exists()
+
+
+def test_up_names_a_port_already_in_use(launcher_env: dict[str, str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        launcher_env["ASGI_PORT"] = str(busy.getsockname()[1])
+        done = run_launcher(launcher_env)
+    assert done.returncode == 2
+    assert f"port {launcher_env['ASGI_PORT']} (ASGI server direct" in done.stderr
