@@ -24,7 +24,7 @@ WORKDIR /app
 # The dependency layer changes only with the lock file, not with every code change.
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-dev --no-install-project
+    uv sync --locked --no-default-groups --no-install-project
 
 COPY manage.py ./
 COPY project project
@@ -36,9 +36,9 @@ COPY nginx nginx
 # /app/var (a volume would keep the first image's files forever); settings create DJANGO_VAR_DIR
 # on import, so point it at a throwaway directory. It runs with production settings, as the
 # image does: an app a project installs for development only (gated on DEBUG, as
-# django-debug-toolbar's docs say) is not in this venv (--no-dev) and must not be imported. The
-# secret key only lets production settings load: random, in that one command's environment,
-# never in a layer. nginx's config is rendered for the same STATIC_ROOT; its server_name list
+# django-debug-toolbar's docs say) is not in this venv (--no-default-groups) and must not be
+# imported. The secret key only lets production settings load: random, in that one command's
+# environment, never in a layer. nginx's config is rendered for the same STATIC_ROOT; its server_name list
 # (the allowed hosts) is fixed here, at build time, from NGINX_SERVER_NAMES.
 ARG NGINX_SERVER_NAMES=""
 ENV DJANGO_STATIC_ROOT=/app/static

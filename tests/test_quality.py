@@ -35,6 +35,13 @@ def test_mypy_strict() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_import_contracts() -> None:
+    """pyproject's [tool.importlinter] layers: the runtime never imports the tooling."""
+    result = run(str(BIN / "lint-imports"), "--no-cache")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout, result.stdout
+
+
 def test_no_missing_migrations() -> None:
     result = run(sys.executable, "manage.py", "makemigrations", "--check", "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr

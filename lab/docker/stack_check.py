@@ -27,12 +27,14 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose.yaml"
@@ -49,6 +51,11 @@ PORT_NAMES = (
     "ASGI_PORT",
     "UPSTREAM_PORT",
 )
+IMAGE = "dualserve:latest"
+# The uv that wrote uv.lock (pyproject's required-version): `make install` puts it in .tools/.
+UV_VERSION = tomllib.loads(COMPOSE_FILE.with_name("pyproject.toml").read_text(encoding="utf-8"))[
+    "tool"
+]["uv"]["required-version"].removeprefix("==")
 APP_USER = "10001:10001"
 APP_UID = 10001
 NGINX_UID = 101
@@ -424,6 +431,45 @@ class Stack:
             self.docker.run("rm", "--force", "--volumes", ONE_CONTAINER, check=False)
         return "migrated into its /app/var volume, served ASGI on a read-only root, exit 0 on stop"
 
+    def the_image_holds_only_the_runtime(self) -> str:
+        """The app image's venv holds exactly the lock's runtime packages; /app has no tooling."""
+        script = (
+            "import importlib.metadata as m, json, os; print(json.dumps("
+            "[sorted(d.metadata['Name'] for d in m.distributions()), sorted(os.listdir('/app'))]))"
+        )
+        run = self.docker.run("run", "--rm", "--entrypoint", "python", IMAGE, "-c", script)
+        installed, listed = json.loads(run.stdout)
+        # What `uv sync --locked --no-default-groups` installs: the lock without dev and lab.
+        uv = REPO / ".tools" / f"uv-{UV_VERSION}" / "bin" / "uv"
+        export = ["export", "--frozen", "--no-default-groups", "--no-emit-project", "--no-hashes"]
+        exported = subprocess.run(  # noqa: S603  (the pinned uv, fixed arguments)
+            [str(uv), *export, "--format", "requirements-txt", "--quiet"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=COMMAND_TIMEOUT,
+        ).stdout
+        # Each line `name==version ; marker`: the image is Linux, CPython 3.11 (the markers name
+        # a platform or an implementation only, which the host running this shares).
+        expected = {
+            package_name(requirement.name)
+            for line in exported.splitlines()
+            if line and not line.startswith(("#", " "))
+            for requirement in [Requirement(line)]
+            if requirement.marker is None or requirement.marker.evaluate()
+        }
+        found = {package_name(name) for name in installed}
+        if found != expected:
+            raise CheckFailed(
+                f"image packages differ from the lock's runtime: extra {sorted(found - expected)},"
+                f" missing {sorted(expected - found)}"
+            )
+        tooling = sorted(set(listed) & {"lab", "tests", "docs", ".tools", "Makefile", "uv.lock"})
+        if tooling:
+            raise CheckFailed(f"/app holds tooling: {tooling}")
+        return f"{len(found)} packages, the lock's runtime set; /app: {' '.join(listed)}"
+
     # --- stop and down ----------------------------------------------------------------------
 
     def stop(self, report: Report) -> None:
@@ -550,6 +596,11 @@ def readme_run_command() -> list[str]:
     return shlex.split(match.group(0).replace("\\\n", " "))
 
 
+def package_name(name: str) -> str:
+    """Return a distribution name normalised as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def images(docker: Docker) -> dict[str, str]:
     """Return {repository:tag: image ID} of the engine's tagged images."""
     listed = docker.lines("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
@@ -626,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
                 "containers run unprivileged on read-only roots",
                 stack.containers_run_unprivileged_on_read_only_roots,
             )
+            report.check("the image holds only the runtime", stack.the_image_holds_only_the_runtime)
             report.check(
                 "the README's one-container command works",
                 stack.the_documented_one_container_command_works,

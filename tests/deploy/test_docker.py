@@ -276,7 +276,8 @@ def test_the_default_target_is_the_app_image_running_as_non_root() -> None:
 def test_dependencies_come_from_the_lock_file() -> None:
     runs = " ".join(i.args for i in stage_instructions("build", "RUN"))
     assert "uv sync --locked" in runs
-    assert "--no-dev" in runs
+    # Neither dependency group (dev: tests and linters; lab: make up and the benchmark).
+    assert "--no-default-groups" in runs
     assert "collectstatic" in runs
 
 
