@@ -48,6 +48,8 @@ from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix
 
+from apps.dualserve.lifespan import acknowledge_lifespan
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -272,20 +274,9 @@ class LifespanApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.lifespan(receive, send)
+            await acknowledge_lifespan(receive, send)
             return
         await self.app(scope, receive, send)
-
-    @staticmethod
-    async def lifespan(receive: Receive, send: Send) -> None:
-        """Acknowledge start-up and shut-down, then return."""
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
 
 def get_asgi_application() -> LifespanApp:

@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+# Django-free (apps/dualserve/lifespan.py): this app stays the benchmark's no-framework ceiling.
+from apps.dualserve.lifespan import acknowledge_lifespan
+
 BODY = b"Hello, world!\n"
 HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"14")]
 
@@ -33,13 +36,8 @@ async def asgi_app(
 ) -> None:
     """Answer 200 and the greeting to every HTTP request; acknowledge lifespan events."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await acknowledge_lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     # Read the body to its end, as Django does: a server may not reuse a connection whose
