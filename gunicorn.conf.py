@@ -6,5 +6,7 @@ here would otherwise share gunicorn's ONE per-user control socket (the second un
 first's). The serving modes' own configs (deploy/gunicorn/) set the same, and much more.
 """
 
-# The setting's one definition, with its reason, is in deploy/gunicorn/common.py.
+# The settings' one definition, with the reason, is in deploy/gunicorn/common.py. Every
+# control_socket* setting there belongs here too (tests/deploy/test_gunicorn.py fails otherwise);
+# the rest must not: these commands keep gunicorn's other defaults.
 from deploy.gunicorn.common import control_socket, control_socket_disable  # noqa: F401

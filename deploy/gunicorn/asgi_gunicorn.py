@@ -5,32 +5,12 @@ gunicorn's own protocol, lifespan and access log. It parses HTTP in pure Python 
 optional C parser is installed (`gunicorn[fast]`, used automatically when present).
 """
 
-# Shared by every mode (one comment per setting in common.py). gunicorn reads a config
-# file's module globals, so these imported names ARE this file's settings, not unused imports.
-# ruff: noqa: F401
-from deploy.gunicorn.common import (
-    access_log_format,
-    accesslog,
-    backlog,
-    bind_from_env,
-    control_socket,
-    control_socket_disable,
-    errorlog,
-    forwarded_allow_ips,
-    graceful_timeout,
-    keepalive,
-    limit_request_field_size,
-    limit_request_fields,
-    limit_request_line,
-    loglevel,
-    max_requests,
-    max_requests_jitter,
-    post_worker_init,
-    timeout,
-    when_ready,
-    worker_tmp_dir,
-    workers,
-)
+# Every setting and hook in common.py (its __all__ names them all, found by gunicorn's own list):
+# gunicorn reads a config file's module globals, so what this import binds IS this file's
+# settings. Anything below it overrides common.py for this mode.
+# ruff: noqa: F403
+from deploy.gunicorn.common import *
+from deploy.gunicorn.common import bind_from_env
 
 # --- Server socket -------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Settings every serving mode shares; each deploy/gunicorn/<mode>.py imports them.
+"""Settings every serving mode shares; each deploy/gunicorn/<mode>.py takes them all (`import *`).
 
 Override without editing a file, weakest first: gunicorn's own environment variables
 (WEB_CONCURRENCY, FORWARDED_ALLOW_IPS), the variables read below (BIND, PORT, GUNICORN_THREADS,
@@ -10,6 +10,8 @@ from __future__ import annotations
 import gc
 import os
 from typing import Any
+
+from gunicorn.config import KNOWN_SETTINGS
 
 
 def env_int(name: str, default: int) -> int:
@@ -133,3 +135,11 @@ def when_ready(server: Any) -> None:
         cfg.graceful_timeout,
         ", ".join(cfg.bind),
     )
+
+
+# --- What `from deploy.gunicorn.common import *` gives a mode file --------------------------------
+
+# Every gunicorn setting and hook this file defines, found by name in gunicorn's own list: a
+# setting added above reaches every mode, with no list of names to keep up to date. The helpers
+# (env_int, bind_from_env) are not settings; a mode file that uses one imports it by name.
+__all__ = sorted(setting.name for setting in KNOWN_SETTINGS if setting.name in globals())

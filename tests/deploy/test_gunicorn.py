@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import re
-import runpy
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from gunicorn import util
+from gunicorn.app.base import Application
+from gunicorn.config import KNOWN_SETTINGS, Config
 from gunicorn.workers.base import Worker
 
 from deploy import nginx
@@ -28,6 +31,58 @@ from lab.servers import (
 # A developer's shell may export these; each test states the ones it means.
 CLEARED = dict.fromkeys(INHERITED_SETTINGS)
 DEFAULT_PORTS = {"wsgi": 8001, "asgi": 8002}
+SETTING_NAMES = {setting.name for setting in KNOWN_SETTINGS}
+# The gunicorn settings and hooks common.py defines, read from the module itself, not from the
+# __all__ it exports them by: that is what the tests below check.
+COMMON_SETTINGS = sorted(name for name in vars(common) if name in SETTING_NAMES)
+
+
+class FileConfig(Application):
+    """gunicorn's own loader on one config file, as `gunicorn -c <file>` runs it, and no app."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.namespace: dict[str, object] = {}
+        super().__init__()
+
+    def load_config(self) -> None:
+        # The file alone: neither the command line nor GUNICORN_CMD_ARGS is read.
+        self.namespace = self.load_config_from_file(str(self.path))
+
+    def load(self) -> None:
+        raise NotImplementedError("only the configuration is loaded")
+
+
+def loaded(path: Path, monkeypatch: pytest.MonkeyPatch) -> FileConfig:
+    """Return `path` loaded by gunicorn's loader, under an environment without overrides."""
+    for name in INHERITED_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    # The loader registers the file as sys.modules["__config__"]: removed again after the test.
+    monkeypatch.delitem(sys.modules, "__config__", raising=False)
+    return FileConfig(path)
+
+
+def as_gunicorn_keeps(name: str, value: object) -> object:
+    """Return `value` as gunicorn stores setting `name` once validated (a str bind: a list)."""
+    reference = Config()
+    reference.set(name, value)
+    return reference.settings[name].get()
+
+
+def statements_setting(path: Path) -> dict[str, ast.stmt]:
+    """Return the gunicorn settings a config file assigns or defines itself, with where."""
+    found: dict[str, ast.stmt] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign):
+            names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names = [node.target.id]
+        elif isinstance(node, ast.FunctionDef):
+            names = [node.name]
+        else:
+            continue
+        found.update({name: node for name in names if name in SETTING_NAMES})
+    return found
 
 
 def gunicorn(*args: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -146,19 +201,76 @@ def test_keepalive_outlasts_nginx_upstream_keepalive(target: str) -> None:
         assert int(timeout[1]) < common.keepalive
 
 
-def test_the_root_gunicorn_conf_sets_the_control_socket_only() -> None:
+def test_common_defines_the_shared_settings_and_exports_every_one() -> None:
+    assert {"keepalive", "workers", "post_worker_init", "when_ready"} <= set(COMMON_SETTINGS)
+    # Settings only: the helpers stay in common.py (a mode imports the ones it uses by name).
+    assert sorted(common.__all__) == COMMON_SETTINGS
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_common_setting_reaches_the_mode_through_gunicorns_loader(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A setting added to common.py and missing from a mode fails here, whichever it is.
+    config = loaded(mode_config(mode), monkeypatch)
+    own = statements_setting(mode_config(mode))
+    for name in COMMON_SETTINGS:
+        if name in own:
+            continue  # the mode's own value: the next test
+        assert name in config.namespace, f"{mode} does not get {name} from common.py"
+        # common's very object, not an equal default that gunicorn would have used anyway.
+        assert config.namespace[name] is getattr(common, name), name
+        expected = as_gunicorn_keeps(name, getattr(common, name))
+        assert config.cfg.settings[name].get() == expected, name
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_modes_own_settings_come_after_common_and_win(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = mode_config(mode)
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    # Past the docstring, common's settings first: whatever the file sets after them wins.
+    first = body[1] if isinstance(body[0], ast.Expr) else body[0]
+    assert isinstance(first, ast.ImportFrom), ast.dump(first)
+    assert (first.module, [alias.name for alias in first.names]) == (common.__name__, ["*"])
+    own = statements_setting(path)
+    assert {"bind", "wsgi_app", "worker_class"} <= set(own)
+    config = loaded(path, monkeypatch)
+    for name in own:
+        assert own[name].lineno > first.lineno, name
+        assert config.cfg.settings[name].get() == as_gunicorn_keeps(name, config.namespace[name])
+
+
+def test_a_setting_a_mode_file_sets_again_beats_commons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No mode overrides a shared setting today; one that does, as the modes are written, wins.
+    path = tmp_path / "mode.py"
+    path.write_text(
+        "from deploy.gunicorn.common import *  # noqa: F403\n\nkeepalive = 5\ntimeout = 120\n",
+        encoding="utf-8",
+    )
+    config = loaded(path, monkeypatch).cfg
+    assert (config.keepalive, config.timeout) == (5, 120)
+    assert (common.keepalive, common.timeout) != (5, 120)
+    assert config.backlog == common.backlog
+
+
+def test_the_root_gunicorn_conf_sets_every_control_socket_setting_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # gunicorn loads ./gunicorn.conf.py by itself, for the used-by commands (`gunicorn
     # project.wsgi`, ...): anything more than the control socket would change what they do
-    # without their users knowing.
-    from gunicorn.config import KNOWN_SETTINGS
-
-    names = {setting.name for setting in KNOWN_SETTINGS}
-    root_config = runpy.run_path(str(REPO_ROOT / "gunicorn.conf.py"))
-    assert {name for name in root_config if name in names} == {
-        "control_socket",
-        "control_socket_disable",
-    }
-    assert root_config["control_socket_disable"] is common.control_socket_disable
+    # without their users knowing, and a control socket setting added to common.py
+    # (control_socket_mode, ...) but not imported there would leave them on gunicorn's default.
+    control = {name for name in COMMON_SETTINGS if name.startswith("control_socket")}
+    assert {"control_socket", "control_socket_disable"} <= control
+    root = loaded(REPO_ROOT / "gunicorn.conf.py", monkeypatch)
+    assert {name for name in root.namespace if name in SETTING_NAMES} == control
+    for name in control:
+        assert root.namespace[name] is getattr(common, name), name
+        assert root.cfg.settings[name].get() == as_gunicorn_keeps(name, getattr(common, name))
 
 
 @pytest.mark.serving
