@@ -22,6 +22,10 @@ removes both costs:
   test's) brings Django's eager hops back, unchanged.
 - Disconnects are handled as Django does: the response task is cancelled, and
   `request_finished` is sent.
+
+It also streams what Django buffers: a `StreamingHttpResponse` over a SYNC iterator, which
+Django's handler consumes whole before sending its first byte, is sent chunk by chunk, each
+chunk pulled on the request's thread (`PulledOnRequestThread`).
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ import asyncio
 import contextlib
 import functools
 import itertools
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -45,7 +49,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import reset_urlconf
 from django.db import close_old_connections, connections, reset_queries
 from django.dispatch import Signal
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.urls import set_script_prefix
 
 from apps.dualserve.lifespan import acknowledge_lifespan
@@ -156,6 +160,30 @@ class ExecutorPool:
         return len(self._idle)
 
 
+class PulledOnRequestThread:
+    """An async iterator over a sync one, each item pulled by a thread-sensitive hop.
+
+    Inside the request's ThreadSensitiveContext that hop runs on the request's own thread,
+    where its sync view ran: a generator that uses the ORM keeps its thread and connection.
+    Nothing is read ahead: an item is pulled only when the previous one has been sent
+    (`await send()` returned), so a slow client holds the producer back instead of letting
+    chunks pile up in memory. It costs one hop per item, where Django's `list()` made one.
+    """
+
+    def __init__(self, iterator: Iterator[bytes]) -> None:
+        # A default instead of StopIteration, which cannot travel through a Future.
+        self._pull = sync_to_async(functools.partial(next, iterator, None), thread_sensitive=True)
+
+    def __aiter__(self) -> PulledOnRequestThread:
+        return self
+
+    async def __anext__(self) -> bytes:
+        item: bytes | None = await self._pull()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
 class PooledThreadASGIHandler(ASGIHandler):
     """Django's ASGI handler on pooled request threads, with no hop a request does not need."""
 
@@ -242,6 +270,22 @@ class PooledThreadASGIHandler(ASGIHandler):
         with contextlib.suppress(asyncio.CancelledError):
             await self.send_response(response, send)
         return response
+
+    async def send_response(self, response: Any, send: Any) -> None:
+        """Send `response` as Django does, a sync iterator's chunks as they are produced.
+
+        Django's handler serves a sync iterator by `list()`-ing it whole first (warning
+        "StreamingHttpResponse must consume synchronous iterators"): a stream arrives all at
+        once, an endless one never, a large export sits in memory. Here the iterator becomes
+        an async one whose every chunk is pulled on the request's thread, so the rest is
+        Django's own path: headers, chunking, `more_body`, the final message.
+        """
+        if isinstance(response, StreamingHttpResponse) and not response.is_async:
+            # The documented way to wrap a response's content; an object without close()
+            # registers no closer, so response.close() still closes the original iterator.
+            content = cast(Iterator[bytes], response.streaming_content)  # not is_async
+            response.streaming_content = PulledOnRequestThread(content)
+        await super().send_response(response, send)
 
     async def close_response(self, response: HttpResponseBase, executor: RequestExecutor) -> None:
         """Close `response` (which sends request_finished), on the request's thread if needed.

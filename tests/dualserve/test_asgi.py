@@ -6,11 +6,13 @@ import asyncio
 import json
 import logging
 import threading
+import warnings
 from typing import Any, ClassVar
 from unittest import mock
 
 from asgiref.testing import ApplicationCommunicator
 from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.test import SimpleTestCase, TransactionTestCase, override_settings
 from uvicorn.config import Config
@@ -336,3 +338,109 @@ class RetiredThreadTests(TransactionTestCase):
             executor.shutdown(wait=True)
         self.assertEqual(len(pool), 0)
         self.assertIn(thread, closed_on)
+
+
+async def pulls_at_each_send(handler: PooledThreadASGIHandler, chunks: int) -> list[int]:
+    """Serve /sync/counted-stream/ through `handler` to a slow client.
+
+    Return, for each body chunk sent, how many chunks the generator had produced by then.
+    """
+    pulled_when_sent: list[int] = []
+    messages = [{"type": "http.request", "body": b""}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            pulled_when_sent.append(sum(e.startswith("pull") for e, _ in views.STREAM_LOG))
+            await asyncio.sleep(0.05)  # time a read-ahead would use
+
+    scope = http_scope("/sync/counted-stream/", query_string=b"chunks=%d" % chunks)
+    await asyncio.wait_for(handler(scope, receive, send), 10)
+    return pulled_when_sent
+
+
+@override_settings(ROOT_URLCONF="tests.dualserve.urls")
+class SyncStreamTests(SimpleTestCase):
+    """A sync iterator is sent as it is produced, pulled on the request's thread."""
+
+    def setUp(self) -> None:
+        views.STREAM_LOG.clear()
+        views.STREAM_GATE.clear()
+        # Whatever a test leaves waiting is let go.
+        self.addCleanup(views.STREAM_GATE.set)
+
+    async def test_the_first_chunk_leaves_before_the_next_is_produced(self) -> None:
+        communicator = ApplicationCommunicator(
+            PooledThreadASGIHandler(), http_scope("/sync/gated-stream/")
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Django's "must consume synchronous iterators"
+            await communicator.send_input({"type": "http.request", "body": b""})
+            start = await communicator.receive_output(5)
+            self.assertEqual(start["status"], 200)
+            # The generator is now waiting for the gate, which only this arrival opens.
+            first = await communicator.receive_output(5)
+            self.assertEqual((first["body"], first["more_body"]), (b"first", True))
+            views.STREAM_GATE.set()
+            second = await communicator.receive_output(5)
+            self.assertEqual((second["body"], second["more_body"]), (b"second", True))
+            self.assertFalse((await communicator.receive_output(5)).get("more_body", False))
+            await communicator.wait(5)
+        events = [event for event, _ in views.STREAM_LOG]
+        self.assertEqual(events, ["view", "first", "gate open", "closed"])
+        # The view, every pull and the close: one thread, the request's pooled one.
+        threads = {thread for _, thread in views.STREAM_LOG}
+        self.assertEqual(len(threads), 1, views.STREAM_LOG)
+        self.assertTrue(threads.pop().startswith("django-request-"))
+
+    async def test_a_chunk_is_pulled_only_once_the_previous_one_is_sent(self) -> None:
+        # Backpressure: a slow send() holds the generator back, nothing is read ahead.
+        pulls = await pulls_at_each_send(PooledThreadASGIHandler(), chunks=5)
+        self.assertEqual(pulls, [1, 2, 3, 4, 5])
+        self.assertEqual(views.STREAM_LOG[-1][0], "closed")
+
+    async def test_a_disconnect_stops_the_stream_and_closes_it_on_its_thread(self) -> None:
+        finished: list[str] = []
+
+        def on_finished(**kwargs: object) -> None:
+            finished.append(threading.current_thread().name)
+
+        request_finished.connect(on_finished)
+        self.addCleanup(request_finished.disconnect, on_finished)
+        # 1,000 chunks 10 ms apart: only the disconnect ends it early.
+        scope = http_scope("/sync/counted-stream/", query_string=b"chunks=1000&ms=10")
+        communicator = ApplicationCommunicator(PooledThreadASGIHandler(), scope)
+        await communicator.send_input({"type": "http.request", "body": b""})
+        await communicator.receive_output(5)  # http.response.start
+        for number in (1, 2):
+            chunk = await communicator.receive_output(5)
+            self.assertEqual(chunk["body"], b"chunk %d\n" % number)
+        await communicator.send_input({"type": "http.disconnect"})
+        await communicator.wait(5)
+        events = [event for event, _ in views.STREAM_LOG]
+        self.assertEqual(events[-1], "closed")
+        self.assertLess(len(events), 100, "the stream went on after the disconnect")
+        self.assertEqual(len({thread for _, thread in views.STREAM_LOG}), 1, views.STREAM_LOG)
+        self.assertEqual(len(finished), 1)
+        self.assertEqual(finished[0], views.STREAM_LOG[-1][1])  # closing sends it, there
+
+    async def test_djangos_handler_buffers_the_same_stream(self) -> None:
+        # The control: what PooledThreadASGIHandler changes.
+        from django.core.handlers.asgi import ASGIHandler
+
+        # Detached as Django's test client does: its eager hops would check the test's
+        # connection, which a SimpleTestCase may not touch.
+        request_started.disconnect(close_old_connections)
+        request_finished.disconnect(close_old_connections)
+        try:
+            with self.assertWarnsMessage(Warning, "must consume synchronous iterators"):
+                pulls = await pulls_at_each_send(ASGIHandler(), chunks=5)  # type: ignore[arg-type]
+        finally:
+            request_started.connect(close_old_connections)
+            request_finished.connect(close_old_connections)
+        self.assertEqual(pulls, [5, 5, 5, 5, 5])  # all of it pulled before the first send

@@ -22,4 +22,7 @@ urlpatterns = [
     path("async/page/", views.async_page),
     path("async/public/", views.async_public),
     path("async/site/", views.async_site),
+    path("sync/gated-stream/", views.sync_gated_stream),
+    path("sync/counted-stream/", views.sync_counted_stream),
+    path("sync/large/", views.sync_large),
 ]

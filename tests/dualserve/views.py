@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
@@ -144,3 +144,76 @@ async def async_public(request: HttpRequest) -> HttpResponse:
 
 async def async_site(request: HttpRequest) -> HttpResponse:
     return HttpResponse(request.site.domain)  # type: ignore[attr-defined]
+
+
+# --- sync iterators under ASGI (tests/dualserve/test_asgi.py, tests/serving/test_streaming.py) --
+
+# What the sync streams below did, in order, each with the thread it happened on.
+STREAM_LOG: list[tuple[str, str]] = []
+# Set by a test once it has received the first chunk of sync_gated_stream.
+STREAM_GATE = threading.Event()
+
+
+def logged(event: str) -> None:
+    """Record `event` in STREAM_LOG with the current thread's name."""
+    STREAM_LOG.append((event, threading.current_thread().name))
+
+
+def sync_gated_stream(request: HttpRequest) -> StreamingHttpResponse:
+    """Stream two chunks from a sync generator; the second only once STREAM_GATE is set.
+
+    A handler that consumes the generator before sending waits (up to 10 s) for a gate that
+    only the first chunk's arrival opens.
+    """
+    logged("view")
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            logged("first")
+            yield b"first"
+            logged("gate open" if STREAM_GATE.wait(10) else "gate timed out")
+            yield b"second"
+        finally:
+            logged("closed")
+
+    return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+
+def sync_counted_stream(request: HttpRequest) -> StreamingHttpResponse:
+    """Stream ?chunks=N small chunks, logging each pull, one every ?ms= milliseconds.
+
+    Callers keep N x ms to seconds: a handler that buffers waits for all of it.
+    """
+    count = int(request.GET.get("chunks", "5"))
+    pause = int(request.GET.get("ms", "0")) / 1000
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            for number in range(1, count + 1):
+                if number > 1 and pause:
+                    time.sleep(pause)
+                logged(f"pull {number}")
+                yield b"chunk %d\n" % number
+        finally:
+            logged("closed")
+
+    return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+
+LARGE_CHUNK = 64 * 1024
+
+
+def sync_large(request: HttpRequest) -> StreamingHttpResponse:
+    """Stream ?mib=N MiB from a sync generator, each 64 KiB chunk a new object.
+
+    Distinct objects, so a handler that buffers the stream really holds all of it.
+    """
+    chunks = int(request.GET.get("mib", "1")) * 1024 * 1024 // LARGE_CHUNK
+
+    def generate() -> Iterator[bytes]:
+        for number in range(chunks):
+            yield (b"%015d\n" % number) * (LARGE_CHUNK // 16)
+
+    response = StreamingHttpResponse(generate(), content_type="application/octet-stream")
+    response["Content-Length"] = str(chunks * LARGE_CHUNK)
+    return response
