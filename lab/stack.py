@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import nginx
-from lab import servers
+from lab import manage, servers
 
 # nginx's three entries, and the variable deploy.nginx reads each port from.
 ENTRY_PORT_NAMES = {
@@ -39,28 +38,16 @@ class StackError(RuntimeError):
 def prepare_var_dir(directory: Path, *, collectstatic: bool = True) -> Path:
     """Migrate a fresh SQLite database in `directory` (and collect static files); return it."""
     directory.mkdir(parents=True, exist_ok=True)
-    env = servers.merged_environment(
-        {
-            **dict.fromkeys(servers.INHERITED_SETTINGS),
-            "DJANGO_VAR_DIR": str(directory),
-            "DJANGO_STATIC_ROOT": None,
-        }
-    )
+    env = {
+        **dict.fromkeys(servers.INHERITED_SETTINGS),
+        "DJANGO_VAR_DIR": str(directory),
+        "DJANGO_STATIC_ROOT": None,
+    }
     steps = [["migrate", "--noinput", "--verbosity", "0"]]
     if collectstatic:
         steps.append(["collectstatic", "--noinput", "--verbosity", "0"])
     for step in steps:
-        done = subprocess.run(  # noqa: S603  (our own interpreter and manage.py)
-            [sys.executable, "manage.py", *step],
-            cwd=servers.REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise StackError(f"manage.py {' '.join(step)} failed:\n{done.stdout}{done.stderr}")
+        manage.run_checked(step, env, error=StackError)
     return directory
 
 

@@ -15,7 +15,6 @@ import errno
 import os
 import shlex
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from honcho.manager import Manager  # type: ignore[import-untyped]
 from honcho.printer import Printer  # type: ignore[import-untyped]
 
 from deploy import nginx
-from lab import servers
+from lab import manage, servers
 
 BASE_DIR = nginx.BASE_DIR
 MODES = {"WSGI_MODE": servers.WSGI_MODES, "ASGI_MODE": servers.ASGI_MODES}
@@ -178,22 +177,9 @@ def check_ports_free(stack: Sequence[Service]) -> None:
 
 
 def run_step(args: list[str], env: Mapping[str, str], what: str) -> None:
-    """Run one preparation step to completion; raise UpError with its output on failure."""
+    """Run one manage.py step to completion; raise UpError with its output on failure."""
     print(f"up: {what}", flush=True)
-    try:
-        done = subprocess.run(  # noqa: S603  (our own interpreter and arguments, no shell)
-            args,
-            cwd=BASE_DIR,
-            env=dict(env),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise UpError(f"{what} did not finish within 300 s.") from None
-    if done.returncode != 0:
-        raise UpError(f"{what} failed:\n{done.stdout}{done.stderr}")
+    manage.run_checked(args, env, what=what, error=UpError)
 
 
 def nginx_config_path(env: Mapping[str, str]) -> Path:
@@ -280,12 +266,9 @@ def up(env: Mapping[str, str]) -> int:
     else:
         write_nginx_config(binary, child_env)
     check_ports_free(stack)
-    python = [sys.executable, "manage.py"]
-    run_step([*python, "migrate", "--noinput"], child_env, "migrating the database")
+    run_step(["migrate", "--noinput"], child_env, "migrating the database")
     run_step(
-        [*python, "collectstatic", "--noinput", "--verbosity", "0"],
-        child_env,
-        "collecting static files",
+        ["collectstatic", "--noinput", "--verbosity", "0"], child_env, "collecting static files"
     )
 
     manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))

@@ -16,14 +16,13 @@ import resource
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lab import servers
+from lab import manage, servers
 from lab.bench import procs, sse, wrk
 from lab.bench.contenders import START_TIMEOUT, Contender, ContenderLaunch, launch, pinned
 from lab.bench.infra import start_nginx, start_upstream
@@ -192,18 +191,7 @@ class Runner:
         """Prepare the database and static files; start the upstream when needed."""
         self.var_dir.mkdir(parents=True, exist_ok=True)
         for step in manage_steps(self.options.database_url, self.options.fixtures):
-            command = ["manage.py", *step]
-            done = subprocess.run(  # noqa: S603  (our interpreter, arguments built here)
-                [sys.executable, *command],
-                cwd=servers.REPO_ROOT,
-                env=servers.merged_environment(self.env),
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-            if done.returncode != 0:
-                raise BenchError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
+            manage.run_checked(step, self.env, error=BenchError)
         if "upstream" in self.plan.scenarios:
             self.upstream = start_upstream(
                 self.workdir / "upstream",

@@ -12,7 +12,6 @@ import contextlib
 import os
 import sqlite3
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from lab.servers import INHERITED_SETTINGS, REPO_ROOT, merged_environment
+from lab import manage
+from lab.servers import INHERITED_SETTINGS
 
 Env = dict[str, str | None]
 
@@ -115,20 +115,11 @@ class Database:
 
     def manage(self, *args: str, env: Env | None = None) -> subprocess.CompletedProcess[str]:
         """Run manage.py on this database; return the finished process."""
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=REPO_ROOT,
-            env=merged_environment({**self.env, **(env or {})}),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        return manage.run(args, {**self.env, **(env or {})}, timeout=180)
 
     def migrate(self) -> None:
         """Apply every migration (the showcase's seeds 100 items)."""
-        done = self.manage("migrate", "--noinput", "--verbosity", "0")
-        assert done.returncode == 0, done.stdout + done.stderr
+        manage.run_checked(["migrate", "--noinput", "--verbosity", "0"], self.env, timeout=180)
 
     def query(self, statement: str) -> list[tuple[object, ...]]:
         """Return the rows of `statement`, read straight from the database, not via Django."""
