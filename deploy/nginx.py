@@ -22,11 +22,26 @@ NGINX_USER                         the owner of STATIC_ROOT when run    (the ima
                                    as root, else none
 =================================  ===================================  =======================
 
+Routing on the hybrid entry, same for both: NGINX_ASGI_PREFIXES, comma-separated path prefixes
+whose requests go to ASGI (the project's async views); every other request goes to WSGI, except
+those asking for an event stream (`Accept: text/event-stream`), which go to ASGI whatever their
+path. Each prefix starts and ends with "/" (`/blog/` covers /blog/1/ but not /blogroll/), with
+letters, digits and . _ ~ - between the slashes. Unset or blank, the template's default applies:
+the showcase's /async/ while the project has the showcase, none without it. A list replaces the
+default, so a project that keeps the showcase lists /async/ too:
+
+    NGINX_ASGI_PREFIXES=/blog/,/api/live/ make up
+
+The Docker image renders its config at build time: there the value is a build argument
+(`docker build --build-arg NGINX_ASGI_PREFIXES=/blog/,/api/live/ --target nginx .`, or the nginx
+service's build args in compose.yaml), and a change needs a rebuild.
+
 Tuning, same for both: NGINX_WORKER_PROCESSES (auto), NGINX_WORKER_CONNECTIONS (1024),
 NGINX_CLIENT_MAX_BODY_SIZE (64m), NGINX_CLIENT_HEADER_TIMEOUT (10s), NGINX_CLIENT_BODY_TIMEOUT
-(30s), NGINX_SEND_TIMEOUT (30s), NGINX_PROXY_READ_TIMEOUT (60s), NGINX_STREAM_READ_TIMEOUT
-(120s), NGINX_LARGE_CLIENT_HEADER_BUFFERS (4 8k), NGINX_UPSTREAM_KEEPALIVE (32),
-NGINX_UPSTREAM_KEEPALIVE_TIMEOUT (60s), NGINX_MIME_TYPES (/etc/nginx/mime.types).
+(30s), NGINX_SEND_TIMEOUT (30s), NGINX_PROXY_READ_TIMEOUT (60s, streams included: a stream
+sends an event or a heartbeat more often than that), NGINX_LARGE_CLIENT_HEADER_BUFFERS (4 8k),
+NGINX_UPSTREAM_KEEPALIVE (32), NGINX_UPSTREAM_KEEPALIVE_TIMEOUT (60s), NGINX_MIME_TYPES
+(/etc/nginx/mime.types).
 NGINX_TRUSTED_PROXIES (none): comma-separated addresses or networks of a proxy in front of nginx
 (a load balancer that ends TLS); from them only, nginx takes the client address from
 X-Forwarded-For and the scheme from X-Forwarded-Proto.
@@ -67,18 +82,24 @@ PORT_DEFAULTS = {
     "ASGI_PORT": 8002,
 }
 
-# Slow clients, bodies and streams. The showcase's longest gap between two events is 10 s
-# (apps/showcase/params.py), well inside both read timeouts, which count from one read to the next.
+# Slow clients, bodies and streams.
 TUNING_DEFAULTS = {
     "NGINX_WORKER_PROCESSES": "auto",
     "NGINX_WORKER_CONNECTIONS": "1024",
-    # /upload/ accepts up to 64 MiB (SHOWCASE_UPLOAD_MAX_BYTES).
+    # showcase:begin
+    # The showcase's /upload/ views accept up to 64 MiB (SHOWCASE_UPLOAD_MAX_BYTES).
+    # showcase:end
     "NGINX_CLIENT_MAX_BODY_SIZE": "64m",
     "NGINX_CLIENT_HEADER_TIMEOUT": "10s",
     "NGINX_CLIENT_BODY_TIMEOUT": "30s",
     "NGINX_SEND_TIMEOUT": "30s",
+    # Counted from one read to the next, for every response, streams included: an event stream
+    # stays open as long as it sends something (an event, or a ": heartbeat" comment line) more
+    # often than this. A longer timeout for streams would keep a hung view's connection as long.
+    # showcase:begin
+    # The showcase's longest gap between two events is 10 s (apps/showcase/params.py).
+    # showcase:end
     "NGINX_PROXY_READ_TIMEOUT": "60s",
-    "NGINX_STREAM_READ_TIMEOUT": "120s",
     # A request line or header line over 8k is refused here (414/400), at or below gunicorn's
     # limit_request_line/_field_size (8190): whatever gunicorn would refuse never reaches it,
     # and uvicorn (httptools has no limit) gets the same bounds. The head as a whole stays
@@ -103,6 +124,28 @@ LISTEN_HOST_RE = re.compile(r"[0-9.]+|\[[0-9A-Fa-f:.]+\]|\*")
 USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 # Absolute, and nothing nginx's parser would read as syntax (spaces, quotes, ; { } $ #).
 PATH_RE = re.compile(r"/[A-Za-z0-9._+@%=,/-]*")
+# A URL path prefix for a `location`: non-empty segments of unreserved characters, each closed
+# by "/". Nothing else: no space, quote, ; { } $ # that nginx would parse, no % (locations match
+# the decoded path), no regex or `=` modifier (a prefix never starts with one).
+PREFIX_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+/")
+
+# NGINX_ASGI_PREFIXES when unset: a project's async views, by path prefix. Without the showcase
+# there are none, and only event streams go to ASGI until the project lists its own.
+ASGI_PREFIX_DEFAULTS: tuple[str, ...] = ()
+# showcase:begin
+# Every /async/ view of the showcase, its event stream included; its sync twins under /sync/
+# stay on WSGI.
+ASGI_PREFIX_DEFAULTS = ("/async/",)
+# showcase:end
+
+# Prefixes the hybrid server has a location of its own for: listed again, nginx would refuse
+# the config (duplicate location), so they are refused here with the reason.
+HYBRID_OWN_PREFIXES = {
+    "/static/": "nginx serves the static files itself",
+    # showcase:begin
+    "/sync/stream/": "the showcase's sync stream stays on WSGI",
+    # showcase:end
+}
 
 
 class ConfigError(ValueError):
@@ -253,6 +296,44 @@ def trusted_proxies(env: Mapping[str, str]) -> list[str]:
     return networks
 
 
+def asgi_prefixes(env: Mapping[str, str]) -> list[str]:
+    """Return NGINX_ASGI_PREFIXES (else the default) as checked, distinct path prefixes."""
+    raw = env.get("NGINX_ASGI_PREFIXES", "")
+    items = [part.strip() for part in raw.split(",")] if raw.strip() else ASGI_PREFIX_DEFAULTS
+    prefixes: list[str] = []
+    for item in items:
+        if not item or item in prefixes:
+            continue
+        segments = item.strip("/").split("/")
+        if item == "/":
+            raise ConfigError(
+                "NGINX_ASGI_PREFIXES: '/' would send every path to ASGI: that is the ASGI entry "
+                "(NGINX_ASGI_PORT)."
+            )
+        if not PREFIX_RE.fullmatch(item) or "." in segments or ".." in segments:
+            raise ConfigError(
+                f"NGINX_ASGI_PREFIXES: {item!r} is not a path prefix: expected one that starts "
+                "and ends with '/', such as /blog/ or /api/live/, with letters, digits and "
+                ". _ ~ - between the slashes."
+            )
+        if item in HYBRID_OWN_PREFIXES:
+            raise ConfigError(
+                f"NGINX_ASGI_PREFIXES: {item!r} cannot be listed: {HYBRID_OWN_PREFIXES[item]}."
+            )
+        prefixes.append(item)
+    return prefixes
+
+
+def asgi_prefix_locations(prefixes: Sequence[str]) -> str:
+    """Return the hybrid server's locations that send `prefixes` to the ASGI upstream."""
+    if not prefixes:
+        return "        # (no prefix: NGINX_ASGI_PREFIXES lists none)"
+    return "\n\n".join(
+        f"        location {prefix} {{\n            proxy_pass http://asgi;\n        }}"
+        for prefix in prefixes
+    )
+
+
 def proxy_trust_lines(networks: Sequence[str]) -> tuple[str, str]:
     """Return the realip directives and the geo entries for the trusted proxies."""
     if not networks:
@@ -286,7 +367,6 @@ def values(target: Target, env: Mapping[str, str]) -> dict[str, str]:
         "CLIENT_BODY_TIMEOUT",
         "SEND_TIMEOUT",
         "PROXY_READ_TIMEOUT",
-        "STREAM_READ_TIMEOUT",
         "UPSTREAM_KEEPALIVE_TIMEOUT",
     ):
         checked(f"NGINX_{name}", tuning[name], DURATION_RE, "a duration such as 30s or 500ms")
@@ -322,6 +402,7 @@ def values(target: Target, env: Mapping[str, str]) -> dict[str, str]:
         "USER_DIRECTIVE": user_directive(target, env, static),
         "REAL_IP_DIRECTIVES": real_ip,
         "TRUSTED_PROXY_ENTRIES": trusted,
+        "ASGI_PREFIX_LOCATIONS": asgi_prefix_locations(asgi_prefixes(env)),
     }
 
 
