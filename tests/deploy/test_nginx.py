@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import importlib.util
 import json
 import os
 import re
@@ -15,16 +16,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 
 from deploy import nginx
-from lab import servers
+from lab import servers, template
 from lab.stack import (
     ENTRIES,
     ENTRY_PORT_NAMES,
@@ -61,6 +63,41 @@ def raw_exchange(port: int, request: bytes, timeout: float = 15.0) -> bytes:
         while chunk := sock.recv(65536):
             received += chunk
     return received
+
+
+def server_routes(text: str, port: int) -> dict[str, str]:
+    """Return each location of the server block listening on `port` (not the catch-all default
+    server) and where it sends requests: an upstream, `$hybrid_backend`, or "" (served here)."""
+    for block in text.split("\n    server {\n")[1:]:
+        body = block.split("\n    }\n", 1)[0]
+        if re.search(rf"^        listen \S+:{port};$", body, re.MULTILINE):
+            locations = re.findall(
+                r"^        location (\S+) \{\n(.*?)^        \}", body, re.M | re.S
+            )
+            return {
+                path: next(iter(re.findall(r"proxy_pass http://(\S+);", inside)), "")
+                for path, inside in locations
+            }
+    raise AssertionError(f"no server listens on port {port}")
+
+
+def without_the_showcase(directory: Path) -> ModuleType:
+    """Return deploy.nginx as a project generated without the showcase has it: this module and
+    its template with every showcase block stripped (lab.template's own stripping), loaded from
+    `directory`, where the module finds its template."""
+    for relative in ("deploy/nginx.py", "nginx/nginx.conf.template"):
+        text = (nginx.BASE_DIR / relative).read_text(encoding="utf-8")
+        stripped = directory / relative
+        stripped.parent.mkdir(parents=True, exist_ok=True)
+        stripped.write_text(template.strip_blocks(text, relative), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(
+        "generated_deploy_nginx", directory / "deploy" / "nginx.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- The rendered configs ------------------------------------------------------------------------
@@ -137,11 +174,63 @@ def test_user_directive_names_the_static_files_owner_under_root(tmp_path: Path) 
         ({"DJANGO_STATIC_ROOT": "/srv/my static"}, "DJANGO_STATIC_ROOT="),
         ({"NGINX_CLIENT_HEADER_TIMEOUT": "soon"}, "NGINX_CLIENT_HEADER_TIMEOUT="),
         ({"NGINX_USER": "www-data; daemon on"}, "NGINX_USER="),
+        # Each prefix becomes `location <prefix> {`: nothing nginx would read as syntax.
+        ({"NGINX_ASGI_PREFIXES": "/a/;"}, "NGINX_ASGI_PREFIXES: '/a/;' is not a path prefix"),
+        ({"NGINX_ASGI_PREFIXES": "/a/ {"}, "NGINX_ASGI_PREFIXES: '/a/ {' is not a path prefix"),
+        ({"NGINX_ASGI_PREFIXES": "/my blog/"}, "'/my blog/' is not a path prefix"),
+        ({"NGINX_ASGI_PREFIXES": "blog/"}, "'blog/' is not a path prefix"),
+        ({"NGINX_ASGI_PREFIXES": "/blog"}, "'/blog' is not a path prefix"),
+        ({"NGINX_ASGI_PREFIXES": "/blog/,/$uri/"}, "'/$uri/' is not a path prefix"),
+        ({"NGINX_ASGI_PREFIXES": "/a/#/"}, "'/a/#/' is not a path prefix"),
+        ({"NGINX_ASGI_PREFIXES": "/a//b/"}, "'/a//b/' is not a path prefix"),
+        ({"NGINX_ASGI_PREFIXES": "/a/../b/"}, "'/a/../b/' is not a path prefix"),
+        ({"NGINX_ASGI_PREFIXES": "/"}, "'/' would send every path to ASGI"),
+        ({"NGINX_ASGI_PREFIXES": "/static/"}, "'/static/' cannot be listed: nginx serves"),
     ],
 )
 def test_render_refuses_bad_values_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(nginx.ConfigError, match=re.escape(message)):
         nginx.render("local", env)
+
+
+def test_asgi_prefixes_become_hybrid_locations_to_asgi(tmp_path: Path) -> None:
+    binary = require_nginx()
+    env = {
+        "NGINX_RUN_DIR": str(tmp_path),
+        # Spaces around items, a repeat and an empty item are tolerated.
+        "NGINX_ASGI_PREFIXES": " /blog/, /api/live/,,/blog/,/v1.0/~me/",
+    }
+    config = write_config(tmp_path, "local", env)
+    text = config.read_text(encoding="utf-8")
+    hybrid = server_routes(text, 8000)
+    for prefix in ("/blog/", "/api/live/", "/v1.0/~me/"):
+        assert hybrid[prefix] == "asgi"
+    assert hybrid["/"] == "$hybrid_backend"
+    assert text.count("location /blog/ {") == 1
+    # Only the hybrid entry routes by prefix: the others send everything to their server.
+    assert server_routes(text, 8080) == {"/static/": "", "/": "wsgi"}
+    assert server_routes(text, 8081) == {"/static/": "", "/": "asgi"}
+    checked = nginx.check(binary, config)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_without_the_showcase_the_hybrid_entry_routes_no_prefix(tmp_path: Path) -> None:
+    """A generated project loses the showcase's blocks: its default list is empty, and the
+    hybrid entry keeps only the Accept rule (`location /`) besides the static files."""
+    binary = require_nginx()
+    generated = without_the_showcase(tmp_path / "project")
+    assert generated.ASGI_PREFIX_DEFAULTS == ()
+    env = {"NGINX_RUN_DIR": str(tmp_path)}
+    config = tmp_path / "nginx.conf"
+    config.write_text(generated.render("local", env), encoding="utf-8")
+    text = config.read_text(encoding="utf-8")
+    assert server_routes(text, 8000) == {"/static/": "", "/": "$hybrid_backend"}
+    assert "showcase:" not in text
+    checked = nginx.check(binary, config)
+    assert checked.returncode == 0, checked.stderr
+    # Listing a prefix still works there.
+    listed = generated.render("local", {**env, "NGINX_ASGI_PREFIXES": "/blog/"})
+    assert server_routes(listed, 8000)["/blog/"] == "asgi"
 
 
 def test_cli_writes_the_config_and_reports_bad_values(tmp_path: Path) -> None:
@@ -391,6 +480,80 @@ def test_hybrid_sends_waiting_and_streams_to_asgi_and_the_rest_to_wsgi(
     response = httpx.get(stack.url("hybrid", path), headers={"Accept": accept})
     assert response.status_code == 200, response.text
     assert response.headers["x-interface"] == interface
+
+
+@contextlib.contextmanager
+def another_front(
+    stack: Stack,
+    directory: Path,
+    render: Callable[[nginx.Target, Mapping[str, str]], str] = nginx.render,
+    **extra: str,
+) -> Iterator[int]:
+    """Run a second nginx in front of the stack's servers, its config from `render` with
+    `extra` values; yield its hybrid port."""
+    binary = require_nginx()
+    ports = nginx_ports()
+    env = {
+        **ports,
+        "WSGI_UPSTREAM": f"127.0.0.1:{stack.wsgi.port}",
+        "ASGI_UPSTREAM": f"127.0.0.1:{stack.asgi.port}",
+        "DJANGO_VAR_DIR": str(stack.var_dir),
+        "NGINX_RUN_DIR": str(directory),
+        **extra,
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "nginx.conf"
+    config.write_text(render("local", env), encoding="utf-8")
+    hybrid_port = int(ports["NGINX_HYBRID_PORT"])
+    proxy = start_nginx(binary, config, hybrid_port)
+    try:
+        yield hybrid_port
+    finally:
+        proxy.stop(timeout=10)
+
+
+def interfaces(port: int, requests: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Return which server answered each (path, Accept) request on 127.0.0.1:`port`."""
+    answered = {}
+    for path, accept in requests:
+        response = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"Accept": accept})
+        # A 404 too: Django's answer carries X-Interface whether or not a view matched.
+        answered[path, accept] = response.headers.get("x-interface", str(response.status_code))
+    return answered
+
+
+@pytest.mark.serving
+def test_hybrid_sends_the_listed_prefixes_to_asgi_and_the_rest_to_wsgi(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A project's own async views: listed, they reach ASGI; the list replaces the default."""
+    expected = {
+        ("/blog/1/", "text/html"): "asgi",
+        ("/api/live/scores/", "*/*"): "asgi",
+        ("/api/other/", "*/*"): "wsgi",
+        # A prefix is a path prefix, not a string prefix.
+        ("/blogroll/", "text/html"): "wsgi",
+        ("/async/hello/", "*/*"): "wsgi",
+        ("/no/such/page/", "text/event-stream"): "asgi",
+    }
+    with another_front(stack, tmp_path, NGINX_ASGI_PREFIXES="/blog/,/api/live/") as port:
+        assert interfaces(port, list(expected)) == expected
+
+
+@pytest.mark.serving
+def test_without_the_showcase_only_event_streams_go_to_asgi(stack: Stack, tmp_path: Path) -> None:
+    """The config of a project generated without the showcase, in front of real servers: no
+    path goes to ASGI by its prefix, an EventSource's request still does."""
+    generated = without_the_showcase(tmp_path / "project")
+    expected = {
+        ("/async/hello/", "*/*"): "wsgi",
+        ("/sync/hello/", "*/*"): "wsgi",
+        ("/", "text/html"): "wsgi",
+        ("/", "text/event-stream"): "asgi",
+        ("/sync/stream/?events=1&interval=0", "text/event-stream"): "asgi",
+    }
+    with another_front(stack, tmp_path / "nginx", generated.render) as port:
+        assert interfaces(port, list(expected)) == expected
 
 
 EVENT_NUMBER = re.compile(rb'"event":([0-9]+),')
