@@ -51,6 +51,33 @@ def prepare_var_dir(directory: Path, *, collectstatic: bool = True) -> Path:
     return directory
 
 
+def nginx_config_path(values: Mapping[str, str]) -> Path:
+    """Return where the local nginx config for `values` goes: nginx.conf in nginx's run dir."""
+    return Path(nginx.run_dir("local", values)) / "nginx.conf"
+
+
+def write_nginx_config(
+    binary: str, values: Mapping[str, str], *, error: type[Exception] = StackError
+) -> tuple[Path, str]:
+    """Render nginx's local config from `values`, write it, check it with `nginx -t`.
+
+    Returns the config's path (nginx_config_path) and its text. Raises `error`, the caller's
+    own exception, when a value cannot be rendered or nginx rejects the result: said before
+    nginx starts, not as a server that never answers.
+    """
+    try:
+        text = nginx.render("local", values)
+        config = nginx_config_path(values)
+    except nginx.ConfigError as exc:
+        raise error(f"cannot render nginx's config: {exc}") from exc
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(text, encoding="utf-8")
+    checked = nginx.check(binary, config)
+    if checked.returncode != 0:
+        raise error(f"nginx -t rejected {config}:\n{checked.stderr}")
+    return config, text
+
+
 def start_nginx(binary: str, config: Path, port: int, timeout: float = 30.0) -> servers.Server:
     """Run nginx in the foreground on `config`; return once `port` answers /healthz."""
     argv = nginx.nginx_command(binary, config, "-g", "daemon off;")
@@ -143,7 +170,6 @@ def start_stack(
                 raise StackError(f"the workers of {server.mode} did not all boot:\n{server.tail()}")
         ports = {name: str(servers.free_port()) for name in ENTRY_PORT_NAMES.values()}
         run_dir = directory / "nginx"
-        run_dir.mkdir(parents=True, exist_ok=True)
         values = {
             **ports,
             "WSGI_UPSTREAM": f"{servers.HOST}:{wsgi.port}",
@@ -152,12 +178,7 @@ def start_stack(
             "NGINX_RUN_DIR": str(run_dir),
             **(nginx_env or {}),
         }
-        try:
-            text = nginx.render("local", values)
-        except nginx.ConfigError as exc:
-            raise StackError(f"cannot render nginx's config: {exc}") from exc
-        config = run_dir / "nginx.conf"
-        config.write_text(text, encoding="utf-8")
+        config, _ = write_nginx_config(binary, values)
         front = start_nginx(binary, config, int(ports["NGINX_HYBRID_PORT"]))
         cleanup.callback(front.stop, 10)
         yield Stack(

@@ -22,13 +22,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from honcho.manager import Manager  # type: ignore[import-untyped]
 from honcho.printer import Printer  # type: ignore[import-untyped]
 
 from deploy import nginx
 from lab import manage, servers
+from lab.stack import nginx_config_path, write_nginx_config
 
 BASE_DIR = nginx.BASE_DIR
 MODES = {"WSGI_MODE": servers.WSGI_MODES, "ASGI_MODE": servers.ASGI_MODES}
@@ -182,21 +182,6 @@ def run_step(args: list[str], env: Mapping[str, str], what: str) -> None:
     manage.run_checked(args, env, what=what, error=UpError)
 
 
-def nginx_config_path(env: Mapping[str, str]) -> Path:
-    """Return where the rendered nginx config lives: nginx's run dir."""
-    return Path(nginx.run_dir("local", env)) / "nginx.conf"
-
-
-def write_nginx_config(binary: str, env: Mapping[str, str]) -> None:
-    """Render nginx's config into its run dir and check it with `nginx -t`."""
-    config = nginx_config_path(env)
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(nginx.render("local", env), encoding="utf-8")
-    checked = nginx.check(binary, config)
-    if checked.returncode != 0:
-        raise UpError(f"nginx -t rejected {config}:\n{checked.stderr}")
-
-
 def answers(url: str) -> bool:
     """Return whether `url` answers 200 right now."""
     try:
@@ -264,7 +249,7 @@ def up(env: Mapping[str, str]) -> int:
     if binary is None:
         print(f"up: {nginx.INSTALL_HINT} Serving the direct ports only.", flush=True)
     else:
-        write_nginx_config(binary, child_env)
+        write_nginx_config(binary, child_env, error=UpError)
     check_ports_free(stack)
     run_step(["migrate", "--noinput"], child_env, "migrating the database")
     run_step(

@@ -14,6 +14,7 @@ from pathlib import Path
 from deploy import nginx
 from lab import servers
 from lab.bench.contenders import launch, pinned
+from lab.stack import write_nginx_config
 
 # The nginx entry that forwards everything to one interface (nginx/nginx.conf.template).
 ENTRY_PORT = {"wsgi": "NGINX_WSGI_PORT", "asgi": "NGINX_ASGI_PORT"}
@@ -62,13 +63,8 @@ def start_nginx(
     def argv_for_port(port: int) -> tuple[list[str], dict[str, str | None]]:
         env = nginx_env(upstream, interface, workdir, max(1, len(cpus)))
         env[ENTRY_PORT[interface]] = str(port)
-        try:
-            text = nginx.render("local", env)
-        except nginx.ConfigError as exc:
-            raise InfraError(f"cannot render nginx's config: {exc}") from exc
-        config = workdir / "nginx.conf"
-        config.write_text(text, encoding="utf-8")
-        holder["config"] = text
+        # In its run dir, `workdir`: nginx.conf, written and checked with `nginx -t`.
+        config, holder["config"] = write_nginx_config(binary, env, error=InfraError)
         return pinned(nginx.nginx_command(binary, config, "-g", "daemon off;"), cpus), {}
 
     server = launch(argv_for_port, env={}, workdir=workdir, timeout=30.0, on_spawn=on_spawn)
