@@ -4,7 +4,7 @@ Used by the tests that go through nginx (routing, hostile input, slow clients, f
 
     var_dir = prepare_var_dir(tmp / "var")           # migrated SQLite + collected static files
     with start_stack("wsgi_gthread", "asgi_uvicorn", var_dir, tmp / "stack") as stack:
-        httpx.get(stack.url("hybrid", "/async/hello/"))
+        httpx.get(stack.url("hybrid", "/readyz"))
 
 Every process is started and stopped by lab.servers (by PID, SIGTERM first), nginx last
 in and first out, so no request reaches a server that is already stopping.

@@ -1,12 +1,12 @@
 """Run the local stack: `make up` (or `python -m lab.up` from the repo root).
 
 Migrates, collects static files, renders nginx's config, then runs one WSGI server, one ASGI
-server (WSGI_MODE / ASGI_MODE name configs in deploy/gunicorn/), the showcase upstream and nginx
-under honcho, waits until each answers its health check and prints the URLs. Ctrl-C (SIGINT) or
-SIGTERM stops everything: honcho starts each process in a session of its own and sends SIGTERM
-to the whole process group (gunicorn's UvicornWorker ignores SIGINT), then SIGKILL after 5 s.
-Without nginx the direct ports still serve. Ports and paths: see deploy/nginx.py, plus
-UPSTREAM_PORT (8003) and UP_TIMEOUT (seconds to wait for the health checks, 60).
+server (WSGI_MODE / ASGI_MODE name configs in deploy/gunicorn/) and nginx under honcho, waits
+until each answers its health check and prints the URLs. Ctrl-C (SIGINT) or SIGTERM stops
+everything: honcho starts each process in a session of its own and sends SIGTERM to the whole
+process group (gunicorn's UvicornWorker ignores SIGINT), then SIGKILL after 5 s. Without nginx
+the direct ports still serve. Ports and paths: see deploy/nginx.py, plus UP_TIMEOUT (seconds to
+wait for the health checks, 60).
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ from lab.stack import nginx_config_path, write_nginx_config
 BASE_DIR = nginx.BASE_DIR
 MODES = {"WSGI_MODE": servers.WSGI_MODES, "ASGI_MODE": servers.ASGI_MODES}
 DEFAULT_MODES = {"WSGI_MODE": "wsgi_gthread", "ASGI_MODE": "asgi_uvicorn"}
-UPSTREAM_PORT_DEFAULT = 8003
 UP_TIMEOUT_DEFAULT = 60.0
+# showcase:begin
+# With the showcase app, its upstream runs too (the API its upstream views call), on
+# UPSTREAM_PORT; the servers find it through SHOWCASE_UPSTREAM_URL.
+UPSTREAM_PORT_DEFAULT = 8003
+# showcase:end
 # Printed once every process answers; tests and scripts wait for this line.
 READY_BANNER = "dualserve is up (Ctrl-C stops everything):"
 # honcho's exit codes for a stop asked by SIGINT / SIGTERM: a normal end of `make up`.
@@ -67,6 +71,15 @@ def mode(env: Mapping[str, str], name: str) -> str:
     return chosen
 
 
+# showcase:begin
+def showcase_present() -> bool:
+    """Whether this checkout has the showcase app (a project may have deleted apps/showcase)."""
+    # Imported here, in the block a project without the showcase drops whole.
+    import importlib.util
+
+    return importlib.util.find_spec("apps.showcase") is not None
+
+
 def upstream_port(env: Mapping[str, str]) -> int:
     """Return the showcase upstream's port (UPSTREAM_PORT)."""
     raw = env.get("UPSTREAM_PORT", "").strip() or str(UPSTREAM_PORT_DEFAULT)
@@ -75,6 +88,7 @@ def upstream_port(env: Mapping[str, str]) -> int:
     return int(raw)
 
 
+# showcase:end
 def up_timeout(env: Mapping[str, str]) -> float:
     """Return how long to wait for every health check (UP_TIMEOUT seconds)."""
     raw = env.get("UP_TIMEOUT", "").strip() or str(UP_TIMEOUT_DEFAULT)
@@ -98,7 +112,6 @@ def services(env: Mapping[str, str], nginx_binary: str | None) -> list[Service]:
     """Return the stack's processes; nginx only when `nginx_binary` is given."""
     ports = nginx.ports(env)
     wsgi_mode, asgi_mode = mode(env, "WSGI_MODE"), mode(env, "ASGI_MODE")
-    upstream = upstream_port(env)
 
     def local(port: int, path: str = "/") -> str:
         return f"http://127.0.0.1:{port}{path}"
@@ -118,22 +131,21 @@ def services(env: Mapping[str, str], nginx_binary: str | None) -> list[Service]:
             local(ports["ASGI_PORT"], "/readyz"),
             f"ASGI server direct ({asgi_mode})",
         ),
-        Service(
-            "upstream",
-            [
-                sys.executable,
-                "-m",
-                "apps.showcase.upstream",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(upstream),
-            ],
-            local(upstream),
-            local(upstream, "/?ms=0"),
-            "showcase upstream (answers /?ms=N after N ms)",
-        ),
     ]
+    # showcase:begin
+    if showcase_present():
+        upstream = upstream_port(env)
+        command = [sys.executable, "-m", "apps.showcase.upstream", "--host", "127.0.0.1"]
+        found.append(
+            Service(
+                "upstream",
+                [*command, "--port", str(upstream)],
+                local(upstream),
+                local(upstream, "/?ms=0"),
+                "showcase upstream (answers /?ms=N after N ms)",
+            )
+        )
+    # showcase:end
     if nginx_binary is not None:
         config = nginx_config_path(env)
         command = nginx.nginx_command(nginx_binary, config, "-g", "daemon off;")
@@ -235,7 +247,10 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     """Return the environment of every process: the caller's, plus unbuffered Python output."""
     merged = dict(env)
     merged["PYTHONUNBUFFERED"] = "1"
-    merged.setdefault("SHOWCASE_UPSTREAM_URL", f"http://127.0.0.1:{upstream_port(env)}/")
+    # showcase:begin
+    if showcase_present():
+        merged.setdefault("SHOWCASE_UPSTREAM_URL", f"http://127.0.0.1:{upstream_port(env)}/")
+    # showcase:end
     return merged
 
 

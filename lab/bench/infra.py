@@ -1,4 +1,4 @@
-"""What stands around the servers under test: nginx in front, the showcase upstream behind.
+"""What stands around the servers under test: nginx in front (the showcase's upstream behind).
 
 Both run on the load generator's CPUs, not the server's: on a small machine they would
 otherwise take CPU from the server and measure the sharing, not the proxy hop or the wait.
@@ -7,7 +7,6 @@ The report says where each ran.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +44,31 @@ def nginx_env(
     return env
 
 
+# showcase:begin
+def start_upstream(
+    workdir: Path,
+    cpus: tuple[int, ...],
+    on_spawn: Callable[[servers.Server], object] | None = None,
+) -> servers.Server:
+    """Start the showcase upstream (`python -m apps.showcase.upstream`) on a free port."""
+    # Imported here, in the block a project without the showcase drops whole.
+    import sys
+
+    def argv_for_port(port: int) -> tuple[list[str], dict[str, str | None]]:
+        argv = [sys.executable, "-m", "apps.showcase.upstream", "--host", servers.HOST]
+        return pinned([*argv, "--port", str(port)], cpus), {}
+
+    return launch(
+        argv_for_port,
+        env={},
+        workdir=workdir,
+        health_path="/?ms=0",
+        timeout=30.0,
+        on_spawn=on_spawn,
+    )
+
+
+# showcase:end
 def start_nginx(
     upstream: servers.Server,
     interface: str,
@@ -69,24 +93,3 @@ def start_nginx(
 
     server = launch(argv_for_port, env={}, workdir=workdir, timeout=30.0, on_spawn=on_spawn)
     return server, holder["config"]
-
-
-def start_upstream(
-    workdir: Path,
-    cpus: tuple[int, ...],
-    on_spawn: Callable[[servers.Server], object] | None = None,
-) -> servers.Server:
-    """Start the showcase upstream (`python -m apps.showcase.upstream`) on a free port."""
-
-    def argv_for_port(port: int) -> tuple[list[str], dict[str, str | None]]:
-        argv = [sys.executable, "-m", "apps.showcase.upstream", "--host", servers.HOST]
-        return pinned([*argv, "--port", str(port)], cpus), {}
-
-    return launch(
-        argv_for_port,
-        env={},
-        workdir=workdir,
-        health_path="/?ms=0",
-        timeout=30.0,
-        on_spawn=on_spawn,
-    )

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lab import manage, servers
-from lab.bench import procs, sse, wrk
+from lab.bench import infra, procs, sse, wrk
 from lab.bench.contenders import START_TIMEOUT, Contender, ContenderLaunch, launch, pinned
-from lab.bench.infra import start_nginx, start_upstream
 from lab.bench.plan import SSE_GRACE_S, Cell, Group, Plan, SseGroup, warmups
 from lab.bench.scenarios import Scenario
 
@@ -144,7 +143,9 @@ class Runner:
         self.env = server_env(self.var_dir, self.options.database_url)
         self.running: list[tuple[str, servers.Server]] = []
         self.wrk_process: subprocess.Popen[str] | None = None
+        # showcase:begin
         self.upstream: servers.Server | None = None
+        # showcase:end
         self.runs: list[dict[str, Any]] = []
         self.servers_started: list[dict[str, Any]] = []
         self.sse_runs: list[dict[str, Any]] = []
@@ -192,8 +193,9 @@ class Runner:
         self.var_dir.mkdir(parents=True, exist_ok=True)
         for step in manage_steps(self.options.database_url, self.options.fixtures):
             manage.run_checked(step, self.env, error=BenchError)
+        # showcase:begin
         if "upstream" in self.plan.scenarios:
-            self.upstream = start_upstream(
+            self.upstream = infra.start_upstream(
                 self.workdir / "upstream",
                 self.options.load_cpus,
                 on_spawn=lambda started: self.register("upstream", started),
@@ -201,6 +203,7 @@ class Runner:
             self.env["SHOWCASE_UPSTREAM_URL"] = self.upstream.base_url + "/"
             self.commands["upstream"] = self.upstream.argv
             self.notify(f"upstream on {self.upstream.base_url} (pid {self.upstream.pid})")
+        # showcase:end
 
     def start_server(self, contender: Contender, workers: int, tag: str) -> servers.Server:
         """Start a fresh server for `contender`; record its command and resting memory."""
@@ -281,7 +284,7 @@ class Runner:
         self.advance(3.0, f"started {contender.name}")
         front: servers.Server | None = None
         if group.needs_nginx:
-            front, config = start_nginx(
+            front, config = infra.start_nginx(
                 server,
                 contender.interface,
                 self.workdir / "nginx" / contender.name,

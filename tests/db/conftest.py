@@ -118,7 +118,7 @@ class Database:
         return manage.run(args, {**self.env, **(env or {})}, timeout=180)
 
     def migrate(self) -> None:
-        """Apply every migration (the showcase's seeds 100 items)."""
+        """Apply every migration (with the showcase, its data migration seeds 100 items)."""
         manage.run_checked(["migrate", "--noinput", "--verbosity", "0"], self.env, timeout=180)
 
     def query(self, statement: str) -> list[tuple[object, ...]]:

@@ -21,14 +21,18 @@ import pytest
 from lab import servers, up
 from tests.support import require_nginx
 
-PORT_NAMES = (
-    "NGINX_HYBRID_PORT",
-    "NGINX_WSGI_PORT",
-    "NGINX_ASGI_PORT",
-    "WSGI_PORT",
-    "ASGI_PORT",
-    "UPSTREAM_PORT",
-)
+# Each port the launcher opens, and a path it answers 200 on whatever URLs the project has.
+PORT_PATHS = {
+    "NGINX_HYBRID_PORT": "/readyz",
+    "NGINX_WSGI_PORT": "/readyz",
+    "NGINX_ASGI_PORT": "/readyz",
+    "WSGI_PORT": "/readyz",
+    "ASGI_PORT": "/readyz",
+    # showcase:begin
+    "UPSTREAM_PORT": "/?ms=0",
+    # showcase:end
+}
+PORT_NAMES = tuple(PORT_PATHS)
 TABLE_LINE = re.compile(r"^  (http://127\.0\.0\.1:([0-9]+)/)  (.+)$")
 # Migrating and collecting static files into an empty dir, then starting four servers.
 START_TIMEOUT = 180.0
@@ -180,9 +184,9 @@ def test_up_serves_every_port_and_ctrl_c_stops_every_process(
         ports = {int(launcher_env[name]) for name in PORT_NAMES}
         assert set(table) == ports, launcher.output()
 
-        for port in sorted(ports):
-            response = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
-            assert response.status_code == 200, (port, response.text)
+        for name, path in PORT_PATHS.items():
+            response = httpx.get(f"http://127.0.0.1:{launcher_env[name]}{path}", timeout=10)
+            assert response.status_code == 200, (name, response.text)
         for name, interface in (("NGINX_WSGI_PORT", "wsgi"), ("NGINX_ASGI_PORT", "asgi")):
             response = httpx.get(f"http://127.0.0.1:{launcher_env[name]}/async/hello/")
             assert response.headers["x-interface"] == interface
@@ -210,11 +214,12 @@ def test_up_without_nginx_says_how_to_install_it_and_serves_the_direct_ports(
     launcher_env["NGINX_BINARY"] = str(tmp_path / "no-nginx-here")
     with launched(launcher_env) as (launcher, started):
         table = launcher.wait_for_table()
-        direct = {int(launcher_env[name]) for name in ("WSGI_PORT", "ASGI_PORT", "UPSTREAM_PORT")}
-        assert set(table) == direct, launcher.output()
+        direct = [name for name in PORT_NAMES if not name.startswith("NGINX_")]
+        assert set(table) == {int(launcher_env[name]) for name in direct}, launcher.output()
         assert "sudo apt-get install nginx" in launcher.output()
-        for port in sorted(direct):
-            assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+        for name in direct:
+            url = f"http://127.0.0.1:{launcher_env[name]}{PORT_PATHS[name]}"
+            assert httpx.get(url, timeout=10).status_code == 200
 
         started |= process_tree(launcher.process.pid)
         # SIGTERM (a service manager, `kill`) to the launcher alone stops the stack as well.
@@ -223,6 +228,23 @@ def test_up_without_nginx_says_how_to_install_it_and_serves_the_direct_ports(
         assert wait_gone(started) == set(), launcher.output()
 
 
+# showcase:begin
+def test_without_the_showcase_app_up_runs_no_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A project that deleted apps/showcase by hand, its lines still here: the stack is the
+    # servers and nginx alone (the upstream would die at once: no module apps.showcase).
+    assert "upstream" in [service.name for service in up.services({}, None)]
+    monkeypatch.setattr(up, "showcase_present", lambda: False)
+    assert [service.name for service in up.services({}, "nginx")] == [
+        "wsgi",
+        "asgi",
+        "nginx",
+        "",
+        "",
+    ]
+    assert "SHOWCASE_UPSTREAM_URL" not in up.child_environment({"UPSTREAM_PORT": "x"})
+
+
+# showcase:end
 def run_launcher(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run the launcher to completion (it must refuse to start), bounded."""
     return subprocess.run(
@@ -244,7 +266,9 @@ def run_launcher(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
             "WSGI_MODE='asgi_uvicorn' is not a serving mode for WSGI: use one of wsgi_sync",
         ),
         ("ASGI_MODE", "uvicorn", "ASGI_MODE='uvicorn' is not a serving mode for ASGI"),
+        # showcase:begin
         ("UPSTREAM_PORT", "x", "UPSTREAM_PORT='x' is not a port number"),
+        # showcase:end
         ("UP_TIMEOUT", "0", "UP_TIMEOUT='0' must be between 1 and 600 seconds"),
         ("NGINX_ASGI_PORT", "-1", "NGINX_ASGI_PORT='-1' is not a port number"),
     ],
