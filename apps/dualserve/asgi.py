@@ -278,7 +278,9 @@ class PooledThreadASGIHandler(ASGIHandler):
         "StreamingHttpResponse must consume synchronous iterators"): a stream arrives all at
         once, an endless one never, a large export sits in memory. Here the iterator becomes
         an async one whose every chunk is pulled on the request's thread, so the rest is
-        Django's own path: headers, chunking, `more_body`, the final message.
+        Django's own path: headers, chunking, `more_body`, the final message. A client that
+        leaves cancels the wait for a pull; the pull itself ends on the thread, and
+        close_response's call, queued there behind it, closes the iterator.
         """
         if isinstance(response, StreamingHttpResponse) and not response.is_async:
             # The documented way to wrap a response's content; an object without close()
