@@ -39,8 +39,10 @@ COPY nginx nginx
 # django-debug-toolbar's docs say) is not in this venv (--no-default-groups) and must not be
 # imported. The secret key only lets production settings load: random, in that one command's
 # environment, never in a layer. nginx's config is rendered for the same STATIC_ROOT; its server_name list
-# (the allowed hosts) is fixed here, at build time, from NGINX_SERVER_NAMES.
+# (the allowed hosts) is fixed here, at build time, from NGINX_SERVER_NAMES, and so are the
+# path prefixes the hybrid entry sends to ASGI, from NGINX_ASGI_PREFIXES (empty: the default).
 ARG NGINX_SERVER_NAMES=""
+ARG NGINX_ASGI_PREFIXES=""
 ENV DJANGO_STATIC_ROOT=/app/static
 RUN DJANGO_ENV=production DJANGO_DEBUG=false DJANGO_ALLOWED_HOSTS=build.invalid \
         DJANGO_SECRET_KEY="$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(50))')" \

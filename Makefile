@@ -10,7 +10,7 @@ UV := .tools/uv-$(UV_VERSION)/bin/uv
 VENV := .venv
 RUN := $(VENV)/bin
 
-.PHONY: help install test test-fast lint audit django-tests up migrate static clean bench docker-test
+.PHONY: help install lock test test-fast template-test lint audit django-tests up migrate static clean bench docker-test
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,9 +22,15 @@ $(UV):
 install: $(UV)  ## Create .venv with the locked dependencies (uv sync --locked).
 	$(UV) sync --locked --all-extras
 
+lock: $(UV)  ## Re-lock after editing pyproject.toml's dependencies (uv lock).
+	$(UV) lock
+
 test: install  ## Run the whole suite: pytest, then Django's own runner on the app tests.
 	$(RUN)/pytest
 	$(RUN)/python manage.py test --verbosity 1
+
+template-test: install  ## Generate projects from this repo (copier), with and without the showcase; test them.
+	$(RUN)/python -m lab.template check
 
 test-fast: install  ## The suite without the slow, process-heavy tests.
 	$(RUN)/pytest -m "not slow"

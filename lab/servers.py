@@ -59,7 +59,9 @@ INHERITED_SETTINGS = (
     "DJANGO_SECRET_KEY",
     "DJANGO_SETTINGS_MODULE",
     "DUALSERVE_PROFILE",
+    # showcase:begin
     "SHOWCASE_UPSTREAM_URL",
+    # showcase:end
 )
 
 

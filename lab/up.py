@@ -156,7 +156,7 @@ def services(env: Mapping[str, str], nginx_binary: str | None) -> list[Service]:
                 command,
                 local(ports["NGINX_HYBRID_PORT"]),
                 local(ports["NGINX_HYBRID_PORT"], "/readyz"),
-                "nginx hybrid: /async/ and event streams to ASGI, the rest to WSGI",
+                "nginx hybrid: NGINX_ASGI_PREFIXES and event streams to ASGI, the rest to WSGI",
             )
         )
         for name, target in (("NGINX_WSGI_PORT", "WSGI"), ("NGINX_ASGI_PORT", "ASGI")):

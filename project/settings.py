@@ -102,7 +102,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "apps.dualserve",
+    # showcase:begin
     "apps.showcase",
+    # showcase:end
 ]
 
 # "native" (the default) is the template. "stock" is what popular templates ship:
@@ -320,12 +322,14 @@ SECURE_CSP: dict[str, list[str] | str | bool] = {
 }
 SECURE_CSP_REPORT_ONLY: dict[str, list[str] | str | bool] = {}
 
+# showcase:begin
 # --- Showcase ----------------------------------------------------------------------------------
 
 # The upstream the /sync/upstream/ and /async/upstream/ views call; `python -m
 # apps.showcase.upstream` serves one that answers after ?ms=N milliseconds.
 SHOWCASE_UPSTREAM_URL = os.environ.get("SHOWCASE_UPSTREAM_URL", "http://127.0.0.1:8003/")
 SHOWCASE_UPSTREAM_TIMEOUT = float(os.environ.get("SHOWCASE_UPSTREAM_TIMEOUT", "10"))
+# showcase:end
 
 # --- Logging -----------------------------------------------------------------------------------
 
@@ -369,8 +373,10 @@ LOGGING = {
         # that would print every django.request record a second time, without the request ID;
         # its records reach the root handler above. Its mail to ADMINS on a 500 stays.
         "django": {"handlers": ["mail_admins"], "level": "INFO"},
+        # showcase:begin
         # httpx logs every request at INFO: one line per upstream call of the showcase.
         "httpx": {"level": "WARNING"},
+        # showcase:end
         "django.security": {"handlers": ["security"], "level": "INFO", "propagate": False},
     },
 }

@@ -1,4 +1,4 @@
-"""URL configuration: the showcase at /, the admin at /admin/."""
+"""URL configuration: the admin at /admin/ (and the showcase at /, when the project has it)."""
 
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
@@ -6,5 +6,7 @@ from django.urls import URLPattern, URLResolver, include, path
 # Typed as Django's docs grow it: `urlpatterns += debug_toolbar_urls()` adds URLPatterns.
 urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
+    # showcase:begin
     path("", include("apps.showcase.urls")),
+    # showcase:end
 ]

@@ -49,7 +49,12 @@ from lab.bench.scenarios import (
 )
 
 RESULTS_ROOT = servers.REPO_ROOT / "bench-results"
+# What a run measures with no --endpoints: nothing built in in a project without the showcase,
+# which names its own --url or --scenario.
+DEFAULT_ENDPOINTS: tuple[str, ...] = ()
+# showcase:begin
 DEFAULT_ENDPOINTS = ENDPOINT_NAMES
+# showcase:end
 # --quick: two modes, two endpoints, one level, one short repeat, 100 SSE clients (< 60 s).
 QUICK = {
     "modes": "wsgi_gthread,asgi_uvicorn",

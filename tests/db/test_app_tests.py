@@ -1,3 +1,4 @@
+# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """The app's in-process database tests (Django test cases) run again on PostgreSQL.
 
 The suite itself runs them on SQLite; here a child pytest runs the same classes with

@@ -1,3 +1,4 @@
+# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """The database-facing endpoints on real servers, on SQLite and on PostgreSQL.
 
 Each test runs gunicorn with a serving mode's config on a database of its own (tests/db/

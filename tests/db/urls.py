@@ -2,16 +2,16 @@
 
 import time
 
+from django.contrib.auth.models import User
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-from apps.showcase.models import Item
 from project.urls import urlpatterns as project_urlpatterns
 
 
 def hold(request: HttpRequest) -> JsonResponse:
     """Query the database, then keep the request (and its connection) for ?ms=N milliseconds."""
-    count = Item.objects.count()
+    count = User.objects.count()
     time.sleep(int(request.GET.get("ms", "0")) / 1000)
     return JsonResponse({"count": count})
 

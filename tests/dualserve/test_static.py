@@ -635,13 +635,13 @@ class ManifestStorageTests(SimpleTestCase):
     def test_uncollected_file_falls_back_to_its_plain_url(self) -> None:
         with tempfile.TemporaryDirectory() as root, override_settings(STATIC_ROOT=root):
             storage = ManifestStaticFilesStorage()
-            self.assertEqual(storage.url("showcase/showcase.css"), "/static/showcase/showcase.css")
+            self.assertEqual(storage.url("admin/css/base.css"), "/static/admin/css/base.css")
 
     def test_collected_file_gets_its_hashed_url(self) -> None:
         with tempfile.TemporaryDirectory() as root, override_settings(STATIC_ROOT=root):
             call_command("collectstatic", interactive=False, verbosity=0)
-            url = ManifestStaticFilesStorage().url("showcase/showcase.css")
-        self.assertRegex(url, r"^/static/showcase/showcase\.[0-9a-f]{12}\.css$")
+            url = ManifestStaticFilesStorage().url("admin/css/base.css")
+        self.assertRegex(url, r"^/static/admin/css/base\.[0-9a-f]{12}\.css$")
 
     def test_strict_mode_still_raises(self) -> None:
         with (
@@ -649,13 +649,13 @@ class ManifestStorageTests(SimpleTestCase):
             override_settings(STATIC_ROOT=root, WHITENOISE_MANIFEST_STRICT=True),
             self.assertRaisesMessage(ValueError, "Missing staticfiles manifest entry"),
         ):
-            ManifestStaticFilesStorage().url("showcase/showcase.css")
+            ManifestStaticFilesStorage().url("admin/css/base.css")
 
     def test_index_renders_before_collectstatic(self) -> None:
         with tempfile.TemporaryDirectory() as root, override_settings(STATIC_ROOT=root):
-            response = self.client.get("/")
+            response = self.client.get("/admin/login/")
         self.assertEqual(response.status_code, 200)
-        self.assertContains(response, "/static/showcase/showcase.css")
+        self.assertContains(response, "/static/admin/css/base.css")
 
 
 class MissingStaticRootTests(SimpleTestCase):

@@ -83,12 +83,11 @@ async def async_protected(request: HttpRequest) -> HttpResponse:
 
 
 async def async_count(request: HttpRequest) -> HttpResponse:
-    """Count the items with the async ORM; name the thread the query ran on."""
+    """Count the users with the async ORM; name the thread the query ran on."""
     from asgiref.sync import sync_to_async
+    from django.contrib.auth.models import User
 
-    from apps.showcase.models import Item
-
-    count = await Item.objects.acount()
+    count = await User.objects.acount()
     thread = await sync_to_async(lambda: threading.current_thread().name)()
     return JsonResponse({"count": count, "thread": thread})
 

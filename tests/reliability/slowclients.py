@@ -1,3 +1,4 @@
+# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """Slow clients on raw sockets, and a canary that times normal requests meanwhile.
 
 Three bounded tools for the limit tests (tests/reliability/test_limits.py):

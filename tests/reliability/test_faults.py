@@ -1,3 +1,4 @@
+# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """Faults under load, on real gunicorn, uvicorn and nginx processes, in every serving mode.
 
 - SIGHUP (reload) under load: every request answered 200 while all workers are replaced.

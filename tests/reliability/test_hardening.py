@@ -1,3 +1,4 @@
+# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """Production hardening through real servers and nginx: security headers on every response,
 HSTS only over HTTPS, the index page under its CSP, CSRF behind the proxy.
 

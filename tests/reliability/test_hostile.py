@@ -1,3 +1,4 @@
+# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """The hostile corpus against every serving mode, directly and through nginx.
 
 Both stacks (wsgi_gthread + asgi_uvicorn, wsgi_sync + asgi_gunicorn) run with DEBUG off, as

@@ -1,3 +1,4 @@
+# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """Limits and slow clients, through real nginx in front of real servers (issue 5).
 
 Both stacks ("wsgi_gthread" + "asgi_uvicorn", "wsgi_sync" + "asgi_gunicorn") run behind nginx

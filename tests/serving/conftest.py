@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apps.showcase.upstream import start_in_thread
 from lab.servers import (
     INHERITED_SETTINGS,
     MODES,
@@ -42,7 +42,8 @@ USED_BY_COMMANDS = {
 
 @pytest.fixture(scope="session")
 def serving_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    """Return the environment of every test server: a migrated temp SQLite, a live upstream.
+    """Return the environment of every test server: a migrated temp SQLite (and the showcase's
+    upstream, live).
 
     The servers never touch the developer's var/db.sqlite3.
     """
@@ -59,8 +60,12 @@ def serving_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         check=False,
     )
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-    with start_in_thread() as upstream:
-        env["SHOWCASE_UPSTREAM_URL"] = upstream.url
+    with contextlib.ExitStack() as stack:
+        # showcase:begin
+        from apps.showcase.upstream import start_in_thread
+
+        env["SHOWCASE_UPSTREAM_URL"] = stack.enter_context(start_in_thread()).url
+        # showcase:end
         yield env
 
 

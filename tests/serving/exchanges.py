@@ -1,3 +1,4 @@
+# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """The showcase requests the serving tests send, and the answers every server must give.
 
 One `Probe` per showcase pair and method. `answer()` reduces an HTTP response to what must be

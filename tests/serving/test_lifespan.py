@@ -27,7 +27,7 @@ LIFESPAN_TROUBLE = re.compile(r"lifespan.*(unsupported|not supported|fail|error)
 def assert_quiet_lifespan(server: Server, started_line: str) -> None:
     """Assert that the server ran the lifespan start-up and logged no lifespan trouble."""
     with client_for(server) as client:
-        assert client.get("/async/hello/").status_code == 200
+        assert client.get("/admin/login/").status_code == 200
     output = server.output()
     assert started_line in output, output
     assert not LIFESPAN_TROUBLE.search(output), output
@@ -70,6 +70,6 @@ def test_bare_django_application_would_complain(
     argv = [gunicorn_executable(), "django.core.asgi:get_asgi_application()", "-k", worker]
     with start(argv, env=env, workdir=tmp_path) as server:
         with client_for(server) as client:
-            assert client.get("/async/hello/").status_code == 200
+            assert client.get("/admin/login/").status_code == 200
         assert complaint in server.output()
         assert LIFESPAN_TROUBLE.search(server.output())

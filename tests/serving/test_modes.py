@@ -1,3 +1,4 @@
+# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """Every serving mode's config serves every showcase endpoint, logs, and probes right."""
 
 from __future__ import annotations

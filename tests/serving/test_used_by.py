@@ -1,8 +1,9 @@
-"""The issue 2 smoke test: the commands users type serve every showcase pair alike.
+"""The commands users type serve the project: `gunicorn project.wsgi` and `gunicorn
+project.asgi:application -k <UvicornWorker>` from the repo root, no config file, no options.
 
-`gunicorn project.wsgi` and `gunicorn project.asgi:application -k <UvicornWorker>` from the
-repo root, no config file, no options: every /sync/<kind>/ and /async/<kind>/ gives the same
-answer through WSGI and through ASGI, and X-Interface names the interface that served it.
+Each serves a Django page through the whole middleware stack with X-Interface naming the
+interface that served it (and, with the showcase, every /sync/<kind>/ and /async/<kind>/ pair
+gives the same answer through WSGI and through ASGI).
 """
 
 from __future__ import annotations
@@ -14,9 +15,31 @@ import pytest
 
 from lab.servers import Server
 from tests.serving.conftest import USED_BY_COMMANDS, client_for
-from tests.serving.exchanges import INTERFACE_HEADER, PROBES, Answer, Probe, answer
+
+# showcase:begin
+from tests.serving.exchanges import PROBES, Answer, Probe, answer
+
+# showcase:end
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+INTERFACE_HEADER = "X-Interface"
+
+
+def test_each_command_serves_a_page_from_the_interface_it_names(
+    used_by_servers: dict[str, Server],
+) -> None:
+    for name, server in used_by_servers.items():
+        with client_for(server) as client:
+            page = client.get("/admin/login/")
+            probe = client.get("/readyz")
+        assert page.status_code == 200, (name, page.status_code)
+        assert page.headers[INTERFACE_HEADER] == USED_BY_COMMANDS[name][1], name
+        assert 'name="csrfmiddlewaretoken"' in page.text, name
+        assert (probe.status_code, probe.json()["status"]) == (200, "ok"), name
+
+
+# showcase:begin
 
 
 @pytest.mark.parametrize("probe", PROBES, ids=lambda probe: probe.name)
@@ -37,9 +60,12 @@ def test_every_pair_answers_alike_through_wsgi_and_asgi(
     assert not different, f"wsgi/sync answered {reference}, but: {different}"
 
 
+# showcase:end
+
+
 def test_used_by_commands_log_no_traceback(used_by_servers: dict[str, Server]) -> None:
     with client_for(used_by_servers["wsgi"]) as client:
-        assert client.get("/").status_code == 200
+        assert client.get("/admin/login/").status_code == 200
     for name, server in used_by_servers.items():
         assert server.running(), name
         assert "Traceback" not in server.output(), f"{name}:\n{server.tail()}"
