@@ -83,6 +83,9 @@ def strip_blocks(text: str, where: str) -> str:
     """Return `text` without its showcase:begin ... showcase:end blocks (marker lines too)."""
     kept: list[str] = []
     inside = False
+    # After a block that had blank lines before it, its blank lines after it would add up
+    # (two blank lines, a block, two blank lines): skip those, as a formatter would.
+    skip_blanks = False
     for number, line in enumerate(text.splitlines(keepends=True), start=1):
         if BEGIN in line:
             if inside:
@@ -92,7 +95,11 @@ def strip_blocks(text: str, where: str) -> str:
             if not inside:
                 raise TemplateError(f"{where}:{number}: {END} without {BEGIN}")
             inside = False
+            skip_blanks = not kept or not kept[-1].strip()
         elif not inside:
+            if skip_blanks and not line.strip():
+                continue
+            skip_blanks = False
             kept.append(line)
     if inside:
         raise TemplateError(f"{where}: {BEGIN} never closed")
@@ -286,6 +293,13 @@ def check(directory: Path) -> int:
     Django's checks and its servers answer the used-by commands (the rest of its suite is this
     repository's, which `make test` here has just run).
     """
+    if not (ROOT / "copier.yml").is_file():
+        print(
+            "lab.template: no copier.yml here: this is a project generated from the template,"
+            " not the template; nothing to generate from",
+            file=sys.stderr,
+        )
+        return 2
     env = child_environment()
     steps: list[tuple[str, Path, list[str]]] = []
     for showcase in (False, True):

@@ -1,7 +1,14 @@
 """URL configuration: the admin at /admin/ (and the showcase at /, when the project has it)."""
 
 from django.contrib import admin
-from django.urls import URLPattern, URLResolver, include, path
+from django.urls import (
+    URLPattern,
+    URLResolver,
+    # showcase:begin
+    include,
+    # showcase:end
+    path,
+)
 
 # Typed as Django's docs grow it: `urlpatterns += debug_toolbar_urls()` adds URLPatterns.
 urlpatterns: list[URLPattern | URLResolver] = [

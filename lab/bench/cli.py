@@ -38,7 +38,9 @@ from lab.bench.infra import InfraError
 from lab.bench.plan import Options, Plan, build, builtin_scenarios, default_cpus
 from lab.bench.runner import BenchError, Runner, hide_password, now, raise_open_files_limit
 from lab.bench.scenarios import (
+    # showcase:begin
     ENDPOINT_NAMES,
+    # showcase:end
     STREAM,
     Scenario,
     ScenarioError,

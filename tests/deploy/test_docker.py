@@ -33,7 +33,6 @@ import pytest
 from ruamel.yaml import YAML
 
 from deploy import nginx
-from lab import up
 from lab.servers import MODES, Server, free_port, interface_of_mode
 from tests.support import copy_repository
 
@@ -484,7 +483,7 @@ def test_published_ports_are_make_ups_on_loopback() -> None:
     }
     defaults = nginx.PORT_DEFAULTS
     loopback = "127.0.0.1"
-    assert published == {
+    expected = {
         "nginx": {
             (loopback, defaults["NGINX_HYBRID_PORT"]),
             (loopback, defaults["NGINX_WSGI_PORT"]),
@@ -492,12 +491,20 @@ def test_published_ports_are_make_ups_on_loopback() -> None:
         },
         "wsgi": {(loopback, defaults["WSGI_PORT"])},
         "asgi": {(loopback, defaults["ASGI_PORT"])},
-        "upstream": {(loopback, up.UPSTREAM_PORT_DEFAULT)},
     }
+    # showcase:begin
+    from lab.up import UPSTREAM_PORT_DEFAULT
+
+    expected["upstream"] = {(loopback, UPSTREAM_PORT_DEFAULT)}
+    # showcase:end
+    assert published == expected
 
 
 def test_published_ports_follow_make_ups_variables() -> None:
-    names = [*nginx.PORT_DEFAULTS, "UPSTREAM_PORT"]
+    names = [*nginx.PORT_DEFAULTS]
+    # showcase:begin
+    names.append("UPSTREAM_PORT")
+    # showcase:end
     chosen = {name: str(20000 + index) for index, name in enumerate(names)}
     services = load_compose({**COMPOSE_ENV, **chosen, "DUALSERVE_PUBLISH_HOST": "0.0.0.0"})
     host_ports = {
@@ -961,6 +968,7 @@ def test_compose_migrate_command_runs_through_the_entrypoint(sandbox: Sandbox) -
     assert (sandbox.root / "var" / "db.sqlite3").is_file()
 
 
+# showcase:begin
 @pytest.mark.serving
 def test_compose_upstream_command_runs_through_the_entrypoint(sandbox: Sandbox) -> None:
     service = load_compose()["services"]["upstream"]
@@ -974,6 +982,9 @@ def test_compose_upstream_command_runs_through_the_entrypoint(sandbox: Sandbox) 
         wait_until_probe_passes(sandbox, server, env, service["healthcheck"]["test"][-1])
     finally:
         server.stop()
+
+
+# showcase:end
 
 
 def test_entrypoint_refuses_an_unknown_serving_mode(sandbox: Sandbox) -> None:
@@ -1204,7 +1215,7 @@ def test_compose_stack_serves_through_nginx_in_a_pod(
             [str(ENTRYPOINT), *services["migrate"]["command"]], env["migrate"], timeout=120
         )
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-        for name in ("wsgi", "asgi", "upstream"):
+        for name in sorted(set(services) - {"migrate", "nginx"}):
             server = pod.start_process(
                 name, [str(ENTRYPOINT), *services[name].get("command", [])], env[name]
             )
@@ -1216,7 +1227,14 @@ def test_compose_stack_serves_through_nginx_in_a_pod(
         # nginx as its image runs it: the Docker config (static files from the sandbox), the
         # image's user and arguments, stopped with SIGQUIT (the nginx image's STOPSIGNAL).
         config = sandbox.root / "nginx.conf"
-        config.write_text(nginx.render("docker", {"DJANGO_STATIC_ROOT": str(collected_static)}))
+        # Built with a project's prefix listed (NGINX_ASGI_PREFIXES, a build argument): the
+        # admin's pages stand in for a project's async views, on the hybrid entry.
+        config.write_text(
+            nginx.render(
+                "docker",
+                {"DJANGO_STATIC_ROOT": str(collected_static), "NGINX_ASGI_PREFIXES": "/admin/"},
+            )
+        )
         (entrypoint,) = stage_instructions("nginx", "ENTRYPOINT")
         (cmd,) = stage_instructions("nginx", "CMD")
         argv = [binary, *exec_form(entrypoint)[1:], "-c", str(config), *exec_form(cmd)]
@@ -1239,15 +1257,18 @@ def test_compose_stack_serves_through_nginx_in_a_pod(
             return f"http://127.0.0.1:{container_port}{path}"
 
         port = nginx.PORT_DEFAULTS
+        page = "/admin/login/"
         urls = {
-            "wsgi_entry": url("nginx", port["NGINX_WSGI_PORT"], "/sync/hello/"),
-            "asgi_entry": url("nginx", port["NGINX_ASGI_PORT"], "/sync/hello/"),
-            "hybrid_async": url("nginx", port["NGINX_HYBRID_PORT"], "/async/hello/"),
-            "hybrid_sync": url("nginx", port["NGINX_HYBRID_PORT"], "/sync/hello/"),
-            "wsgi_direct": url("wsgi", port["WSGI_PORT"], "/sync/hello/"),
-            "asgi_direct": url("asgi", port["ASGI_PORT"], "/sync/hello/"),
+            "wsgi_entry": url("nginx", port["NGINX_WSGI_PORT"], page),
+            "asgi_entry": url("nginx", port["NGINX_ASGI_PORT"], page),
+            "hybrid_listed": url("nginx", port["NGINX_HYBRID_PORT"], page),
+            "hybrid_rest": url("nginx", port["NGINX_HYBRID_PORT"], "/readyz"),
+            "wsgi_direct": url("wsgi", port["WSGI_PORT"], page),
+            "asgi_direct": url("asgi", port["ASGI_PORT"], page),
+            # showcase:begin
             # The app reaches the upstream service by its compose name.
             "upstream_by_name": url("nginx", port["NGINX_WSGI_PORT"], "/sync/upstream/?ms=5"),
+            # showcase:end
             "static": url("nginx", port["NGINX_HYBRID_PORT"], first_static_file(collected_static)),
         }
         client = pod.run(
@@ -1266,8 +1287,8 @@ def test_compose_stack_serves_through_nginx_in_a_pod(
         assert interfaces == {
             "wsgi_entry": "wsgi",
             "asgi_entry": "asgi",
-            "hybrid_async": "asgi",
-            "hybrid_sync": "wsgi",
+            "hybrid_listed": "asgi",
+            "hybrid_rest": "wsgi",
             "wsgi_direct": "wsgi",
             "asgi_direct": "asgi",
         }

@@ -410,6 +410,7 @@ class NativeInBothModesTests(SimpleTestCase):
 class TemplatePagesObeyThePolicyTests(TestCase):
     """The template's own pages load under the shipped policy: nothing a browser would block."""
 
+    # showcase:begin
     def test_index(self) -> None:
         response = self.client.get("/")
         self.assertEqual(response.status_code, 200)
@@ -426,6 +427,7 @@ class TemplatePagesObeyThePolicyTests(TestCase):
         )
         self.assertEqual(violations, [])
 
+    # showcase:end
     def test_admin_login(self) -> None:
         response = self.client.get("/admin/login/")
         self.assertEqual(response.status_code, 200)

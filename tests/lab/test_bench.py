@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from deploy import nginx
-from lab import servers
+from lab import manage, servers
 from lab.bench import analysis, charts, cli, plan, procs, scenarios, sse, stats, targets, wrk
 from lab.bench.contenders import (
     Contender,
@@ -36,9 +36,18 @@ from lab.bench.contenders import (
 from lab.bench.runner import Runner, manage_steps, server_env, shown_env
 
 DATA = Path(__file__).parent / "data"
+# A fixture any project can load (group 4242).
 FIXTURE = DATA / "bench-fixture.json"
-# Answers 404 until FIXTURE (item 4242) is loaded: the user's page that needs the user's data.
+# A page of every project: the bench measures the user's own URLs when there is no showcase.
+USER_URL = "/admin/login/"
+# The default run measures the showcase's endpoints; without them it needs the user's URLs.
+DEFAULT_RUN: list[str] = ["--url", USER_URL]
+# showcase:begin
+DEFAULT_RUN = []
+# The showcase's item 4242, and its page that answers 404 until that item is loaded.
+ITEM_FIXTURE = Path(__file__).parents[1] / "showcase" / "data" / "bench-item-fixture.json"
 FIXTURE_URL = "/sync/db/?id=4242"
+# showcase:end
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -496,7 +505,7 @@ def test_concurrency_option_overrides_every_scenario() -> None:
 
 
 def test_default_run_is_planned_under_15_minutes() -> None:
-    args = cli.parser().parse_args([])
+    args = cli.parser().parse_args(DEFAULT_RUN)
     built = plan.build(cli.options_from(args))
     assert built.estimate_s() < 15 * 60
 
@@ -912,6 +921,7 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+# showcase:begin
 @pytest.mark.slow
 @pytest.mark.serving
 def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
@@ -971,8 +981,9 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
     assert (out / "report.md").read_text(encoding="utf-8") == report
 
 
-def user_page_args(out: Path, *extra: str) -> list[str]:
-    """Return a one-mode, one-second run of FIXTURE_URL alone, no showcase endpoint."""
+# showcase:end
+def user_page_args(out: Path, url: str, *extra: str) -> list[str]:
+    """Return a one-mode, one-second run of `url` alone, no showcase endpoint."""
     return [
         "--out",
         str(out),
@@ -981,7 +992,7 @@ def user_page_args(out: Path, *extra: str) -> list[str]:
         "--endpoints",
         "",
         "--url",
-        FIXTURE_URL,
+        url,
         "--concurrency",
         "2",
         "--duration",
@@ -1002,6 +1013,7 @@ def measured_runs(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return results, [run for run in results["runs"] if "wrk" in run]
 
 
+# showcase:begin
 @pytest.mark.slow
 @pytest.mark.serving
 def test_a_page_that_needs_the_users_data_fails_the_run_until_a_fixture_loads_it(
@@ -1011,7 +1023,7 @@ def test_a_page_that_needs_the_users_data_fails_the_run_until_a_fixture_loads_it
     # A run with a wrong status keeps its work directory (server logs): keep it in tmp_path.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     empty = tmp_path / "empty"
-    assert cli.main(user_page_args(empty)) == 1
+    assert cli.main(user_page_args(empty, FIXTURE_URL)) == 1
     printed = " ".join(capsys.readouterr().err.split())
     assert f"wsgi_sync|{FIXTURE_URL}|c2|direct: answered 404, expected 200" in printed
     results, measured = measured_runs(empty)
@@ -1022,15 +1034,18 @@ def test_a_page_that_needs_the_users_data_fails_the_run_until_a_fixture_loads_it
     assert (empty / "throughput.png").exists()  # the unmeasured URL, drawn as n/a
 
     loaded = tmp_path / "loaded"
-    assert cli.main(user_page_args(loaded, "--fixture", str(FIXTURE))) == 0
+    assert cli.main(user_page_args(loaded, FIXTURE_URL, "--fixture", str(ITEM_FIXTURE))) == 0
     results, measured = measured_runs(loaded)
     assert [run["cell"] for run in measured] == [f"wsgi_sync|{FIXTURE_URL}|c2|direct"]
     assert measured[0]["wrk"]["requests"] > 0
     assert measured[0]["wrk"]["errors"]["status"] == 0
-    assert f"with `{FIXTURE}` loaded" in (loaded / "report.md").read_text(encoding="utf-8")
+    assert f"with `{ITEM_FIXTURE}` loaded" in (loaded / "report.md").read_text(encoding="utf-8")
     for out in (empty, loaded):
         results, _ = measured_runs(out)
         assert not [server["pid"] for server in results["servers"] if pid_alive(server["pid"])]
+
+
+# showcase:end
 
 
 @pytest.mark.slow
@@ -1042,17 +1057,11 @@ def test_a_run_on_the_users_own_database(tmp_path: Path) -> None:
         {**dict.fromkeys(servers.INHERITED_SETTINGS), "DATABASE_URL": url}
     )
     for step in (["migrate", "--noinput"], ["loaddata", str(FIXTURE)]):
-        subprocess.run(
-            [sys.executable, "manage.py", *step, "--verbosity", "0"],
-            cwd=servers.REPO_ROOT,
-            env=env,
-            capture_output=True,
-            timeout=120,
-            check=True,
-        )
+        manage.run_checked([*step, "--verbosity", "0"], env)
     out = tmp_path / "bench"
-    assert cli.main(user_page_args(out, "--database-url", url)) == 0
+    assert cli.main(user_page_args(out, USER_URL, "--database-url", url)) == 0
     results, measured = measured_runs(out)
+    assert [run["cell"] for run in measured] == [f"wsgi_sync|{USER_URL}|c2|direct"]
     assert measured[0]["wrk"]["requests"] > 0
     assert measured[0]["wrk"]["errors"]["status"] == 0
     assert results["servers"][0]["env"]["DATABASE_URL"] == url

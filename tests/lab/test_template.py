@@ -22,6 +22,14 @@ def test_strip_blocks_drops_marked_lines_and_the_markers() -> None:
     assert template.strip_blocks(MARKED, "f") == "keep 1\nkeep 2\nkeep 3\n"
 
 
+def test_strip_blocks_leaves_the_blank_lines_of_one_side_only() -> None:
+    """Two blank lines, a block, two blank lines: two remain, as a formatter wants them."""
+    text = f"def a():\n    pass\n\n\n# {B}\ndef b():\n    pass\n# {E}\n\n\ndef c():\n    pass\n"
+    assert template.strip_blocks(text, "f") == "def a():\n    pass\n\n\ndef c():\n    pass\n"
+    # A block between two lines that are not blank takes nothing else with it.
+    assert template.strip_blocks(f"a\n# {B}\nb\n# {E}\n\nc\n", "f") == "a\n\nc\n"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

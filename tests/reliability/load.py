@@ -1,4 +1,3 @@
-# showcase: this file goes with the showcase (it drives the showcase's endpoints).
 """A small bounded load generator for the fault tests: per-request outcomes, not throughput.
 
 Threads with http.client send GET requests to one loopback address until a fixed count is

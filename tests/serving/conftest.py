@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from lab import manage
 from lab.servers import (
     INHERITED_SETTINGS,
     MODES,
-    REPO_ROOT,
     Server,
     gunicorn_executable,
-    merged_environment,
     start,
     start_mode,
 )
@@ -50,21 +47,14 @@ def serving_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     env: Env = dict.fromkeys(INHERITED_SETTINGS)
     env["DJANGO_VAR_DIR"] = str(tmp_path_factory.mktemp("var"))
     env["WEB_CONCURRENCY"] = "1"
-    migrate = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "--verbosity", "0"],
-        cwd=REPO_ROOT,
-        env=merged_environment(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-    with contextlib.ExitStack() as stack:
+    manage.run_checked(["migrate", "--noinput", "--verbosity", "0"], env)
+    # Named, not `with ... as`: without the showcase nothing enters it (and `as` would be unused).
+    services = contextlib.ExitStack()
+    with services:
         # showcase:begin
         from apps.showcase.upstream import start_in_thread
 
-        env["SHOWCASE_UPSTREAM_URL"] = stack.enter_context(start_in_thread()).url
+        env["SHOWCASE_UPSTREAM_URL"] = services.enter_context(start_in_thread()).url
         # showcase:end
         yield env
 
