@@ -31,6 +31,8 @@ from lab.hostile.replay import parse_responses
 from lab.servers import INHERITED_SETTINGS, MODES, start_mode
 
 Message = dict[str, Any]
+# The servers answer tests.serving's views, with or without the showcase.
+SERVING_SETTINGS = "tests.serving.settings"
 
 
 def gunicorn_config(tmp_path: Path, **settings: Any) -> Config:
@@ -236,10 +238,13 @@ def test_stock_gthread_worker_deadlocks_there(tmp_path: Path, make_logger: Any) 
 
 
 def refused_post_then_get(port: int) -> list[int]:
-    """POST a 3 MiB form the app refuses unread, then GET on the same connection; the statuses."""
+    """POST a 3 MiB form the app refuses unread, then GET on the same connection; the statuses.
+
+    Django refuses a form over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB) before reading it.
+    """
     form = b"name=" + b"a" * (3 * 1024 * 1024)
     post = (
-        b"POST /sync/db/ HTTP/1.1\r\nHost: localhost\r\n"
+        b"POST /sync/form/ HTTP/1.1\r\nHost: localhost\r\n"
         b"Content-Type: application/x-www-form-urlencoded\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(form), form)
     )
@@ -273,6 +278,7 @@ def test_thread_worker_drains_a_refused_body_and_keeps_the_connection(
     """The stock class drains 64 KiB, then resets: behind nginx, a 502 instead of the 400."""
     env = {
         **dict.fromkeys(INHERITED_SETTINGS),
+        "DJANGO_SETTINGS_MODULE": SERVING_SETTINGS,
         "DJANGO_VAR_DIR": str(tmp_path / "var"),
         "DJANGO_DEBUG": "false",
         "WEB_CONCURRENCY": "1",
@@ -324,6 +330,7 @@ def test_every_mode_refuses_the_heads_gunicorn_refuses(mode: str, tmp_path: Path
     """Under UvicornWorker too: httptools has no limits of its own, deploy.workers adds them."""
     env = {
         **dict.fromkeys(INHERITED_SETTINGS),
+        "DJANGO_SETTINGS_MODULE": SERVING_SETTINGS,
         "DJANGO_VAR_DIR": str(tmp_path / "var"),
         "DJANGO_DEBUG": "false",
         "DJANGO_ALLOWED_HOSTS": "localhost",
