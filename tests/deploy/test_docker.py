@@ -1028,13 +1028,17 @@ def test_healthcheck_rejects_a_path_without_a_slash(sandbox: Sandbox) -> None:
 
 # Run inside the pod: each request of the stack, and what answered it.
 POD_CLIENT = """
-import json, sys, urllib.request
+import json, sys, urllib.error, urllib.request
 answers = {}
 for name, url in json.loads(sys.argv[1]).items():
     request = urllib.request.Request(url, headers={"Host": "localhost"})
-    with urllib.request.urlopen(request, timeout=20) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=20)
+    except urllib.error.HTTPError as error:  # an error page is an answer too
+        response = error
+    with response:
         answers[name] = {
-            "status": response.status,
+            "status": response.code,
             "interface": response.headers.get("X-Interface"),
             "cache_control": response.headers.get("Cache-Control"),
             "body": response.read(200).decode("utf-8", "replace"),
@@ -1215,7 +1219,12 @@ def test_compose_stack_serves_through_nginx_in_a_pod(
             [str(ENTRYPOINT), *services["migrate"]["command"]], env["migrate"], timeout=120
         )
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-        for name in sorted(set(services) - {"migrate", "nginx"}):
+        # The app image's long-running services (db: the pod uses the sandbox's SQLite).
+        processes = [*APP_SERVICES]
+        # showcase:begin
+        processes.append("upstream")
+        # showcase:end
+        for name in processes:
             server = pod.start_process(
                 name, [str(ENTRYPOINT), *services[name].get("command", [])], env[name]
             )
@@ -1262,7 +1271,8 @@ def test_compose_stack_serves_through_nginx_in_a_pod(
             "wsgi_entry": url("nginx", port["NGINX_WSGI_PORT"], page),
             "asgi_entry": url("nginx", port["NGINX_ASGI_PORT"], page),
             "hybrid_listed": url("nginx", port["NGINX_HYBRID_PORT"], page),
-            "hybrid_rest": url("nginx", port["NGINX_HYBRID_PORT"], "/readyz"),
+            # A path no view has: Django's 404, from WSGI (the probes carry no X-Interface).
+            "hybrid_rest": url("nginx", port["NGINX_HYBRID_PORT"], "/no-such-page/"),
             "wsgi_direct": url("wsgi", port["WSGI_PORT"], page),
             "asgi_direct": url("asgi", port["ASGI_PORT"], page),
             # showcase:begin
@@ -1276,9 +1286,10 @@ def test_compose_stack_serves_through_nginx_in_a_pod(
         )
         assert client.returncode == 0, client.stderr + "\n" + proxy.tail()
         answers = json.loads(client.stdout)
-        assert {name: answer["status"] for name, answer in answers.items()} == dict.fromkeys(
-            urls, 200
-        )
+        assert {name: answer["status"] for name, answer in answers.items()} == {
+            **dict.fromkeys(urls, 200),
+            "hybrid_rest": 404,
+        }
         interfaces = {
             name: answers[name]["interface"]
             for name in urls

@@ -29,6 +29,7 @@ from tests.serving.conftest import Env
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
+SETTINGS = "tests.serving.settings"
 WORKERS = 2
 LOAD_THREADS = 20
 SLEEP_MS = 200
@@ -43,7 +44,9 @@ def terminate_under_load(
 ) -> tuple[list[Outcome], list[Outcome], bool, int, Server]:
     """SIGTERM `mode` under load; return (in flight at the signal, after it), exit, status."""
     side = "sync" if interface_of_mode(mode) == "wsgi" else "async"
-    server = start_mode(mode, env={**env, "WEB_CONCURRENCY": str(WORKERS)}, workdir=workdir)
+    # The test views' /<side>/sleep/ (tests.serving.settings): with or without the showcase.
+    env = {**env, "WEB_CONCURRENCY": str(WORKERS), "DJANGO_SETTINGS_MODULE": SETTINGS}
+    server = start_mode(mode, env=env, workdir=workdir)
     try:
         # /healthz answers once ONE worker serves: wait for all, or a sync worker still
         # booting would take no request and the count of served ones would vary.

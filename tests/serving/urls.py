@@ -14,6 +14,8 @@ urlpatterns = [
     path("", views.sync_hello),
     path("sync/hello/", views.sync_hello),
     path("async/hello/", views.async_hello),
+    path("sync/sleep/", views.sync_sleep),
+    path("async/sleep/", views.async_sleep),
     path("sync/json/", views.sync_json),
     path("async/json/", views.async_json),
     path("sync/stream/", views.sync_stream),

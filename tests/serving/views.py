@@ -30,6 +30,28 @@ async def async_hello(request: HttpRequest) -> HttpResponse:
     return hello_response()
 
 
+def sleep_ms(request: HttpRequest) -> int:
+    """Return ?ms=N, 0 to 10,000 (a bad value is the test's bug: it raises)."""
+    ms = int(request.GET.get("ms", "0"))
+    if not 0 <= ms <= 10_000:
+        raise ValueError(f"ms={ms} is out of range")
+    return ms
+
+
+def sync_sleep(request: HttpRequest) -> JsonResponse:
+    """Hold the worker's thread ?ms=N: the request the shutdown tests keep in flight."""
+    ms = sleep_ms(request)
+    time.sleep(ms / 1000)
+    return JsonResponse({"slept_ms": ms})
+
+
+async def async_sleep(request: HttpRequest) -> JsonResponse:
+    """Wait ?ms=N on the event loop."""
+    ms = sleep_ms(request)
+    await asyncio.sleep(ms / 1000)
+    return JsonResponse({"slept_ms": ms})
+
+
 JSON_PAYLOAD = {"message": "Hello, world!", "numbers": [1, 2, 3, 5, 8, 13]}
 
 
