@@ -133,7 +133,8 @@ def when_ready(server: Any) -> None:
         cfg.worker_connections,
         cfg.keepalive,
         cfg.graceful_timeout,
-        ", ".join(cfg.bind),
+        # The sockets in use: an inherited one (systemd's LISTEN_FDS, GUNICORN_FD) replaces `bind`.
+        ", ".join(str(listener) for listener in server.LISTENERS) or ", ".join(cfg.bind),
     )
 
 
