@@ -6,6 +6,18 @@ import os
 os.environ["DJANGO_INTERFACE"] = "asgi"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-from apps.dualserve.asgi import get_asgi_application
+from channels.routing import ProtocolTypeRouter  # type: ignore[import-untyped]
 
-application = get_asgi_application()
+from apps.dualserve.asgi import get_asgi_application
+from apps.dualserve.websocket import get_websocket_application
+
+# Sets Django up first: the WebSocket routes may import models. It answers lifespan itself.
+django_application = get_asgi_application()
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_application,
+        "lifespan": django_application,
+        "websocket": get_websocket_application("project.routing"),
+    }
+)
