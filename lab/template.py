@@ -50,11 +50,13 @@ MODE_DEFAULTS = {
         ("deploy/docker/entrypoint.sh", r"\$\{SERVE_MODE:-(wsgi_[a-z]+)\}"),
         ("lab/up.py", r'"WSGI_MODE": "(wsgi_[a-z]+)"'),
         ("deploy/systemd/dualserve-wsgi.service", r"Environment=WSGI_MODE=(wsgi_[a-z]+)"),
+        ("deploy/k8s/base/wsgi.yaml", r"name: SERVE_MODE\s+value: (wsgi_[a-z]+)"),
     ],
     "asgi": [
         ("compose.yaml", r"\$\{ASGI_MODE:-(asgi_[a-z]+)\}"),
         ("lab/up.py", r'"ASGI_MODE": "(asgi_[a-z]+)"'),
         ("deploy/systemd/dualserve-asgi.service", r"Environment=ASGI_MODE=(asgi_[a-z]+)"),
+        ("deploy/k8s/base/asgi.yaml", r"name: SERVE_MODE\s+value: (asgi_[a-z]+)"),
     ],
 }
 # Text files the marker scan reads; everything else (images, the lock) is left alone.
