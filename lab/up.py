@@ -7,6 +7,12 @@ everything: honcho starts each process in a session of its own and sends SIGTERM
 process group (gunicorn's UvicornWorker ignores SIGINT), then SIGKILL after 5 s. Without nginx
 the direct ports still serve. Ports and paths: see deploy/nginx.py, plus UP_TIMEOUT (seconds to
 wait for the health checks, 60).
+
+PROCESS_MANAGER=supervisor runs the servers under supervisord instead (deploy/supervisor/): it
+holds one socket per interface, WEB_CONCURRENCY uvicorn processes and as many single-worker
+gunicorn masters (WSGI_MODE) serve them, on the same ports; nginx and the showcase upstream run
+as supervisord programs too. Ctrl-C or SIGTERM stops supervisord, which stops every program
+gracefully. ASGI_MODE does not apply there: its ASGI processes are always uvicorn's.
 """
 
 from __future__ import annotations
@@ -14,14 +20,19 @@ from __future__ import annotations
 import errno
 import os
 import shlex
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType
 
 from honcho.manager import Manager  # type: ignore[import-untyped]
 from honcho.printer import Printer  # type: ignore[import-untyped]
@@ -43,6 +54,15 @@ UPSTREAM_PORT_DEFAULT = 8003
 READY_BANNER = "dualserve is up (Ctrl-C stops everything):"
 # honcho's exit codes for a stop asked by SIGINT / SIGTERM: a normal end of `make up`.
 SIGNAL_EXIT_CODES = {130, 143}
+# Who runs the processes: honcho (the default) or supervisord (deploy/supervisor/).
+PROCESS_MANAGERS = ("honcho", "supervisor")
+SUPERVISOR_RUN = BASE_DIR / "deploy" / "supervisor" / "run.sh"
+SUPERVISOR_INSTALL_HINT = (
+    "supervisord is not installed: install it with `sudo apt-get install supervisor` "
+    "(Debian/Ubuntu)."
+)
+# Above the servers' stopwaitsecs (deploy/supervisor/*.conf): supervisord's own SIGKILL comes first.
+SUPERVISOR_STOP_TIMEOUT = 60.0
 
 
 class UpError(Exception):
@@ -99,6 +119,27 @@ def up_timeout(env: Mapping[str, str]) -> float:
     if not 1 <= seconds <= 600:
         raise UpError(f"UP_TIMEOUT={raw!r} must be between 1 and 600 seconds.")
     return seconds
+
+
+def process_manager(env: Mapping[str, str]) -> str:
+    """Return who runs the stack (PROCESS_MANAGER), checked; under supervisor, check ASGI_MODE."""
+    chosen = env.get("PROCESS_MANAGER", "").strip() or PROCESS_MANAGERS[0]
+    if chosen not in PROCESS_MANAGERS:
+        raise UpError(f"PROCESS_MANAGER={chosen!r}: use one of {', '.join(PROCESS_MANAGERS)}.")
+    if chosen == "supervisor" and mode(env, "ASGI_MODE") != DEFAULT_MODES["ASGI_MODE"]:
+        raise UpError(
+            f"ASGI_MODE={env['ASGI_MODE']!r} does not apply under PROCESS_MANAGER=supervisor: "
+            "its ASGI processes are uvicorn's (deploy/supervisor/asgi.conf); unset ASGI_MODE."
+        )
+    return chosen
+
+
+def supervisord_binary() -> str | None:
+    """Return supervisord's path (PATH, then Debian's /usr/bin), or None when missing."""
+    found = shutil.which("supervisord")
+    if found is None and os.access("/usr/bin/supervisord", os.X_OK):
+        found = "/usr/bin/supervisord"
+    return found
 
 
 def gunicorn_command(config_mode: str, port: int) -> list[str]:
@@ -214,9 +255,11 @@ def table(stack: Sequence[Service]) -> str:
 class HealthWatch(threading.Thread):
     """Wait (bounded) until every service answers, then print the table; else stop the stack."""
 
-    def __init__(self, manager: Manager, stack: Sequence[Service], timeout: float) -> None:
+    def __init__(
+        self, stop_stack: Callable[[], None], stack: Sequence[Service], timeout: float
+    ) -> None:
         super().__init__(name="up-health", daemon=True)
-        self.manager = manager
+        self.stop_stack = stop_stack
         self.stack = stack
         self.timeout = timeout
         self.stopped = threading.Event()
@@ -237,7 +280,7 @@ class HealthWatch(threading.Thread):
             self.failed = True
             names = ", ".join(service.health_url for service in waiting)
             print(f"up: no answer within {self.timeout:g} s from {names}; stopping.", flush=True)
-            self.manager.terminate()
+            self.stop_stack()
             return
         sys.stdout.write(table(self.stack))
         sys.stdout.flush()
@@ -254,11 +297,128 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     return merged
 
 
+def supervisor_run_dir(env: Mapping[str, str]) -> Path:
+    """Return supervisord's run directory: SUPERVISOR_RUN_DIR, else the state dir's supervisor/."""
+    explicit = env.get("SUPERVISOR_RUN_DIR", "").strip()
+    if explicit:
+        return Path(explicit)
+    var_dir = env.get("DJANGO_VAR_DIR", "").strip()
+    return (Path(var_dir) if var_dir else BASE_DIR / "var") / "supervisor"
+
+
+def supervised(stack: Sequence[Service], env: Mapping[str, str]) -> list[Service]:
+    """Return the stack with the servers described as deploy/supervisor runs them."""
+    described = {
+        "wsgi": f"WSGI server direct (gunicorn {mode(env, 'WSGI_MODE')} under supervisord)",
+        "asgi": "ASGI server direct (uvicorn under supervisord)",
+    }
+    return [replace(s, description=described.get(s.name, s.description)) for s in stack]
+
+
+def supervisor_programs(stack: Sequence[Service]) -> str:
+    """Return supervisord's sections for the processes besides the servers (nginx, upstream)."""
+    sections = []
+    for service in stack:
+        if not service.command or service.name in {"wsgi", "asgi"}:
+            continue
+        # supervisord expands %(name)s in every value: a literal % is written %%.
+        command = shlex.join(service.command).replace("%", "%%")
+        directory = str(BASE_DIR).replace("%", "%%")
+        # nginx's graceful stop is SIGQUIT (SIGTERM drops its open connections).
+        stop = "QUIT" if service.name == "nginx" else "TERM"
+        sections.append(
+            f"[program:{service.name}]\n"
+            f"command={command}\n"
+            f"directory={directory}\n"
+            # After the servers (priority 100): started after them, stopped before them.
+            "priority=200\n"
+            f"stopsignal={stop}\n"
+            "stopwaitsecs=10\n"
+            "redirect_stderr=true\n"
+            f"stdout_logfile=%(ENV_SUPERVISOR_RUN_DIR)s/{service.name}.log\n"
+        )
+    header = "; Written by lab/up.py (`PROCESS_MANAGER=supervisor make up`) at each start.\n\n"
+    return header + "\n".join(sections)
+
+
+def run_honcho(stack: Sequence[Service], env: Mapping[str, str], timeout: float) -> int:
+    """Run every process under honcho until a signal or a process ends; return the exit code."""
+    manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
+    for service in stack:
+        if service.command:
+            # exec: the shell honcho starts gives way to the server, which gets signals itself.
+            command = "exec " + shlex.join(service.command)
+            manager.add_process(service.name, command, env=dict(env), cwd=str(BASE_DIR))
+    watch = HealthWatch(manager.terminate, stack, timeout)
+    watch.start()
+    manager.loop()
+    watch.stopped.set()
+    watch.join(5)
+    if watch.failed:
+        return 1
+    code: int = manager.returncode or 0
+    return 0 if code in SIGNAL_EXIT_CODES else code
+
+
+def run_supervisor(stack: Sequence[Service], env: Mapping[str, str], timeout: float) -> int:
+    """Run supervisord (deploy/supervisor/run.sh) until a signal or its end; return the code."""
+    run_dir = Path(env["SUPERVISOR_RUN_DIR"])
+    programs = run_dir / "conf.d" / "up.conf"
+    programs.parent.mkdir(parents=True, exist_ok=True)
+    programs.write_text(supervisor_programs(stack), encoding="utf-8")
+    print(f"up: supervisord runs the stack; each program logs to {run_dir}/<name>.log", flush=True)
+
+    asked = threading.Event()
+
+    def ask_to_stop(signum: int, frame: FrameType | None) -> None:
+        asked.set()
+
+    previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # A session of its own: Ctrl-C reaches this process alone, which stops supervisord
+        # with SIGTERM once (supervisord, not the terminal, then stops each program).
+        supervisord = subprocess.Popen(  # noqa: S603  (our script)
+            [str(SUPERVISOR_RUN)],
+            cwd=BASE_DIR,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        watch = HealthWatch(asked.set, stack, timeout)
+        watch.start()
+        while not asked.is_set() and supervisord.poll() is None:
+            asked.wait(0.5)
+        watch.stopped.set()
+        watch.join(5)
+        if supervisord.poll() is None:
+            supervisord.terminate()
+            try:
+                supervisord.wait(SUPERVISOR_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                print("up: supervisord did not stop in time; killing it.", flush=True)
+                supervisord.kill()
+                supervisord.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if watch.failed:
+        return 1
+    if asked.is_set():
+        return 0
+    print(f"up: supervisord ended by itself (exit code {supervisord.returncode}).", flush=True)
+    return supervisord.returncode or 1
+
+
 def up(env: Mapping[str, str]) -> int:
     """Prepare and run the stack until a signal or a process ends; return the exit code."""
     child_env = child_environment(env)
     # Settings checked, nginx config tested and ports found free before anything starts.
     timeout = up_timeout(child_env)
+    manager = process_manager(child_env)
+    if manager == "supervisor":
+        if supervisord_binary() is None:
+            raise UpError(SUPERVISOR_INSTALL_HINT)
+        child_env["SUPERVISOR_RUN_DIR"] = str(supervisor_run_dir(child_env))
     binary = nginx.nginx_binary(child_env)
     stack = services(child_env, binary)
     if binary is None:
@@ -270,22 +430,9 @@ def up(env: Mapping[str, str]) -> int:
     run_step(
         ["collectstatic", "--noinput", "--verbosity", "0"], child_env, "collecting static files"
     )
-
-    manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
-    for service in stack:
-        if service.command:
-            # exec: the shell honcho starts gives way to the server, which gets signals itself.
-            command = "exec " + shlex.join(service.command)
-            manager.add_process(service.name, command, env=child_env, cwd=str(BASE_DIR))
-    watch = HealthWatch(manager, stack, timeout)
-    watch.start()
-    manager.loop()
-    watch.stopped.set()
-    watch.join(5)
-    if watch.failed:
-        return 1
-    code: int = manager.returncode or 0
-    return 0 if code in SIGNAL_EXIT_CODES else code
+    if manager == "supervisor":
+        return run_supervisor(supervised(stack, child_env), child_env, timeout)
+    return run_honcho(stack, child_env, timeout)
 
 
 def main() -> int:

@@ -99,6 +99,16 @@ class Launcher:
             self.process.stdout.close()
 
 
+def require_supervisord() -> str:
+    """Return supervisord's path; without it, fail under CI=true and skip elsewhere."""
+    binary = up.supervisord_binary()
+    if binary is None:
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"CI=true and {up.SUPERVISOR_INSTALL_HINT}")
+        pytest.skip(up.SUPERVISOR_INSTALL_HINT)
+    return binary
+
+
 def process_tree(root: int) -> set[int]:
     """Return the PIDs of every live descendant of `root`, read from /proc."""
     children: dict[int, list[int]] = defaultdict(list)
@@ -155,6 +165,8 @@ def launcher_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DJANGO_STATIC_ROOT", None)
     env.pop("NGINX_RUN_DIR", None)
+    for name in ("PROCESS_MANAGER", "SUPERVISOR_RUN_DIR", "ASGI_MODE", "WSGI_MODE"):
+        env.pop(name, None)
     env.update({name: str(servers.free_port()) for name in PORT_NAMES})
     env.update({"DJANGO_VAR_DIR": str(tmp_path / "var"), "UP_TIMEOUT": "90"})
     return env
@@ -228,6 +240,43 @@ def test_up_without_nginx_says_how_to_install_it_and_serves_the_direct_ports(
         assert wait_gone(started) == set(), launcher.output()
 
 
+@pytest.mark.serving
+@pytest.mark.slow
+def test_up_under_supervisor_serves_every_port_and_ctrl_c_stops_every_process(
+    launcher_env: dict[str, str],
+) -> None:
+    require_nginx()
+    require_supervisord()
+    launcher_env.update({"PROCESS_MANAGER": "supervisor", "WEB_CONCURRENCY": "2"})
+    with launched(launcher_env) as (launcher, started):
+        table = launcher.wait_for_table()
+        ports = {int(launcher_env[name]) for name in PORT_NAMES}
+        assert set(table) == ports, launcher.output()
+        assert "under supervisord" in table[int(launcher_env["ASGI_PORT"])]
+
+        for name, path in PORT_PATHS.items():
+            response = httpx.get(f"http://127.0.0.1:{launcher_env[name]}{path}", timeout=10)
+            assert response.status_code == 200, (name, response.text)
+        for name, interface in (("NGINX_WSGI_PORT", "wsgi"), ("NGINX_ASGI_PORT", "asgi")):
+            response = httpx.get(f"http://127.0.0.1:{launcher_env[name]}/async/hello/")
+            assert response.headers["x-interface"] == interface
+
+        started |= process_tree(launcher.process.pid)
+        commands = [command_of(pid) for pid in started]
+        assert any("supervisord" in command for command in commands)
+        # Two uvicorn processes and two gunicorn masters, each on the socket supervisord holds.
+        assert sum("--fd 0" in command for command in commands) == 2, commands
+        assert sum("--bind fd://0" in command for command in commands) >= 2, commands
+        assert any("nginx: master process" in command for command in commands)
+
+        os.killpg(launcher.process.pid, signal.SIGINT)
+        assert launcher.process.wait(timeout=90) == 0, launcher.output()
+        assert wait_gone(started) == set(), launcher.output()
+        for port in ports:
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+
+
 # showcase:begin
 def test_without_the_showcase_app_up_runs_no_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
     # A project that deleted apps/showcase by hand, its lines still here: the stack is the
@@ -270,6 +319,7 @@ def run_launcher(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ("UPSTREAM_PORT", "x", "UPSTREAM_PORT='x' is not a port number"),
         # showcase:end
         ("UP_TIMEOUT", "0", "UP_TIMEOUT='0' must be between 1 and 600 seconds"),
+        ("PROCESS_MANAGER", "systemd", "PROCESS_MANAGER='systemd': use one of honcho, supervisor"),
         ("NGINX_ASGI_PORT", "-1", "NGINX_ASGI_PORT='-1' is not a port number"),
     ],
 )
@@ -292,3 +342,13 @@ def test_up_names_a_port_already_in_use(launcher_env: dict[str, str]) -> None:
         done = run_launcher(launcher_env)
     assert done.returncode == 2
     assert f"port {launcher_env['ASGI_PORT']} (ASGI server direct" in done.stderr
+
+
+def test_up_under_supervisor_refuses_an_asgi_mode_it_cannot_run(
+    launcher_env: dict[str, str],
+) -> None:
+    launcher_env.update({"PROCESS_MANAGER": "supervisor", "ASGI_MODE": "asgi_gunicorn"})
+    done = run_launcher(launcher_env)
+    assert done.returncode == 2
+    assert "ASGI_MODE='asgi_gunicorn' does not apply under PROCESS_MANAGER" in done.stderr
+    assert not (Path(launcher_env["DJANGO_VAR_DIR"]) / "db.sqlite3").exists()
