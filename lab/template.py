@@ -51,6 +51,7 @@ MODE_DEFAULTS = {
         ("lab/up.py", r'"WSGI_MODE": "(wsgi_[a-z]+)"'),
         ("deploy/systemd/dualserve-wsgi.service", r"Environment=WSGI_MODE=(wsgi_[a-z]+)"),
         ("deploy/k8s/base/wsgi.yaml", r"name: SERVE_MODE\s+value: (wsgi_[a-z]+)"),
+        ("deploy/supervisor/run.sh", r'WSGI_MODE="\$\{WSGI_MODE:-(wsgi_[a-z]+)\}"'),
     ],
     "asgi": [
         ("compose.yaml", r"\$\{ASGI_MODE:-(asgi_[a-z]+)\}"),
