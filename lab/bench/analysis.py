@@ -6,12 +6,15 @@ without running anything again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lab.bench.contenders import SANIC, STARLETTE, Contender, profile_of
+from lab.bench.floor import share
+from lab.bench.plan import CEILING_SCENARIOS
 from lab.bench.scenarios import BUILTIN, Scenario
-from lab.bench.stats import CellStats, aggregate, find
+from lab.bench.stats import CellStats, Spread, aggregate, find
 from lab.bench.targets import PASS, UNDECIDED, Target, checks, targets
 
 # A wrong status's reason quotes the answer's body: this many characters of the reason are
@@ -26,6 +29,52 @@ WORKLOADS = {
     "sleep": "waiting 50 ms (a slow dependency)",
     "upstream": "calling a 50 ms HTTP API",
 }
+# What each profile is, in the ceiling table.
+KINDS = {
+    "bare": "no framework",
+    STARLETTE: "Starlette",
+    SANIC: "Sanic",
+    "native": "Django (the template)",
+    "stock": "Django (stock)",
+}
+# The Django contender a framework is compared with: the ASGI one it shares a server with.
+DJANGO_ASGI = "asgi_uvicorn"
+
+
+@dataclass
+class FloorFigure:
+    """Django's own cost of one scenario through one interface's handler, in-process."""
+
+    interface: str
+    scenario: str
+    path: str
+    status: int
+    requests: int
+    cpu_us: Spread
+    wall_us: Spread
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class FloorShare:
+    """A served cell's CPU per request against the floor of its interface."""
+
+    contender: str
+    interface: str
+    scenario: str
+    concurrency: int
+    floor_cpu_us: Spread
+    floor_wall_us: Spread
+    served_cpu_us: Spread
+    # 1 - floor / served (medians): the share of a served request's CPU that is not Django's.
+    share: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
 
 
 @dataclass
@@ -40,6 +89,8 @@ class Analysis:
     contenders: list[str]
     # One line per cell that answered a status its scenario does not expect: the run exits 1.
     wrong_status: list[str]
+    floor: list[FloorFigure] = field(default_factory=list)
+    floor_shares: list[FloorShare] = field(default_factory=list)
 
     @property
     def options(self) -> Mapping[str, Any]:
@@ -73,6 +124,7 @@ def analyse(results: Mapping[str, Any]) -> Analysis:
     found_targets = targets(
         cells, results["sse_runs"], scenarios, contenders, options["workers"], options["threads"]
     )
+    floor = floor_figures(results.get("floor_runs") or [])
     return Analysis(
         results,
         scenarios,
@@ -81,7 +133,97 @@ def analyse(results: Mapping[str, Any]) -> Analysis:
         checks(cells, scenarios, contenders),
         contenders,
         wrong_status(cells, scenarios),
+        floor,
+        floor_shares(floor, cells, contenders),
     )
+
+
+def floor_figures(runs: Sequence[Mapping[str, Any]]) -> list[FloorFigure]:
+    """Return the floor's figures per interface and scenario: µs per request over the batches."""
+    figures = []
+    for run in runs:
+        count = run["requests"]
+        figures.append(
+            FloorFigure(
+                interface=run["interface"],
+                scenario=run["scenario"],
+                path=run["path"],
+                status=run["status"],
+                requests=count,
+                cpu_us=Spread.of([1e6 * batch["cpu_s"] / count for batch in run["batches"]]),
+                wall_us=Spread.of([1e6 * batch["wall_s"] / count for batch in run["batches"]]),
+            )
+        )
+    return figures
+
+
+def floor_shares(
+    floor: Sequence[FloorFigure], cells: Mapping[str, CellStats], contenders: Sequence[str]
+) -> list[FloorShare]:
+    """Return every direct Django cell of a floor scenario against its interface's floor."""
+    shares = []
+    for mode in contenders:
+        interface = Contender(mode).interface
+        for figure in floor:
+            if figure.interface != interface or figure.status != 200:
+                continue
+            for cell in find(cells, mode, figure.scenario):
+                served = cell.server_cpu_us_per_request
+                shares.append(
+                    FloorShare(
+                        contender=mode,
+                        interface=interface,
+                        scenario=figure.scenario,
+                        concurrency=cell.concurrency,
+                        floor_cpu_us=figure.cpu_us,
+                        floor_wall_us=figure.wall_us,
+                        served_cpu_us=served,
+                        share=share(figure.cpu_us.median, served.median),
+                    )
+                )
+    return shares
+
+
+CeilingRow = tuple[CellStats, str, CellStats | None]
+
+
+def ceiling_rows(analysis: Analysis, scenario: str) -> list[CeilingRow]:
+    """Return the ceiling table of `scenario`: (cell, kind, the Django cell it compares with).
+
+    The ceiling apps first (bare per mode, then the frameworks), then Django at the same
+    connections. A bare app compares with Django on its own server config; Starlette and
+    Sanic with Django's ASGI contender.
+    """
+    if scenario not in CEILING_SCENARIOS:
+        return []
+    ceilings = [
+        cell
+        for cell in analysis.cells.values()
+        if cell.scenario == scenario
+        and cell.via == "direct"
+        and cell.measured
+        and profile_of(cell.contender) in ("bare", STARLETTE, SANIC)
+    ]
+    order = {"bare": 0, STARLETTE: 1, SANIC: 2}
+    ceilings.sort(key=lambda cell: order[profile_of(cell.contender)])
+    levels = {cell.concurrency for cell in ceilings}
+    rows: list[CeilingRow] = []
+    for cell in ceilings:
+        profile = profile_of(cell.contender)
+        mode = cell.contender.partition("+")[0] if profile == "bare" else DJANGO_ASGI
+        django = find(analysis.cells, mode, scenario, cell.concurrency)
+        rows.append((cell, KINDS[profile], django[0] if django else None))
+    for cell in analysis.cells.values():
+        profile = profile_of(cell.contender)
+        if (
+            cell.scenario == scenario
+            and cell.via == "direct"
+            and cell.measured
+            and profile in ("native", "stock")
+            and cell.concurrency in levels
+        ):
+            rows.append((cell, KINDS[profile], None))
+    return rows
 
 
 def wrong_status(cells: Mapping[str, CellStats], scenarios: Mapping[str, Scenario]) -> list[str]:

@@ -19,8 +19,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from lab.bench.analysis import Analysis
-from lab.bench.stats import CellStats, find
+from lab.bench.analysis import Analysis, ceiling_rows
+from lab.bench.contenders import DJANGO_FREE, SANIC, STARLETTE, profile_of
+from lab.bench.plan import CEILING_SCENARIOS
+from lab.bench.stats import CellStats
 
 MIB = 1024 * 1024
 DPI = 110
@@ -59,8 +61,14 @@ def no_scale(axis: Axes) -> None:
     axis.tick_params(axis="y", which="both", left=False, labelleft=False)
 
 
+# The frameworks' own colours, apart from the modes' cycle.
+FRAMEWORK_COLORS = {STARLETTE: "olive", SANIC: "teal"}
+
+
 def color(analysis: Analysis, contender: str) -> str:
     """Return the same colour for a contender in every chart."""
+    if profile_of(contender) in FRAMEWORK_COLORS:
+        return FRAMEWORK_COLORS[profile_of(contender)]
     mode, _, profile = contender.partition("+")
     base = analysis.contenders.index(mode) if mode in analysis.contenders else 9
     offset = {"": 0, "stock": len(analysis.contenders), "bare": 2 * len(analysis.contenders)}
@@ -82,12 +90,14 @@ def throughput_chart(analysis: Analysis, out: Path) -> str | None:
 def throughput_figure(analysis: Analysis) -> Figure | None:
     """Return requests/s per scenario and mode: lines over connections, bars for one level.
 
-    The bare apps are left out (ceiling.png): at ten times Django's figures they would
-    flatten every other line.
+    The apps without Django (bare, Starlette, Sanic) are left out (ceiling.png): at several
+    times Django's figures they would flatten every other line.
     """
     panels = []
     for name in analysis.scenarios:
-        found = {k: v for k, v in series(analysis, name).items() if not k.endswith("+bare")}
+        found = {
+            k: v for k, v in series(analysis, name).items() if profile_of(k) not in DJANGO_FREE
+        }
         if found:
             panels.append((name, found))
     if not panels:
@@ -167,25 +177,107 @@ def throughput_figure(analysis: Analysis) -> Figure | None:
 
 
 def ceiling_chart(analysis: Analysis, out: Path) -> str | None:
-    """Draw Django's hello against the bare app on the same server config, per mode."""
-    pairs = []
-    for contender in analysis.contenders:
-        for bare in find(analysis.cells, f"{contender}+bare", "hello"):
-            django = find(analysis.cells, contender, "hello", bare.concurrency)
-            if django:
-                pairs.append((contender, django[0].rps.median, bare.rps.median))
-    if not pairs:
+    """Draw ceiling.png (see ceiling_figure)."""
+    figure = ceiling_figure(analysis)
+    return save(figure, out / "ceiling.png") if figure else None
+
+
+def ceiling_figure(analysis: Analysis) -> Figure | None:
+    """Return hello and JSON without Django (bare, Starlette, Sanic) and with it, per contender."""
+    panels = [(name, rows) for name in CEILING_SCENARIOS if (rows := ceiling_rows(analysis, name))]
+    # ceiling_rows lists Django only at the levels an app without it was measured at.
+    if not panels:
         return None
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(pairs) + 2), 4.0))
-    positions = range(len(pairs))
-    axis.bar([p - 0.2 for p in positions], [b for _, _, b in pairs], 0.4, label="bare app")
-    axis.bar([p + 0.2 for p in positions], [d for _, d, _ in pairs], 0.4, label="Django hello")
-    axis.set_xticks(list(positions), [name for name, _, _ in pairs], rotation=20, ha="right")
-    axis.set_ylabel("requests/s (median)")
-    axis.set_title("Ceiling: the same server config without Django")
+    widest = max(len(rows) for _, rows in panels)
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(max(6.0, 0.7 * widest + 2) * len(panels), 4.4), squeeze=False
+    )
+    for axis, (name, rows) in zip(axes[0], panels, strict=True):
+        cells = [cell for cell, _, _ in rows]
+        axis.bar(
+            range(len(cells)),
+            [cell.rps.median for cell in cells],
+            yerr=[
+                [cell.rps.median - cell.rps.low for cell in cells],
+                [cell.rps.high - cell.rps.median for cell in cells],
+            ],
+            capsize=3,
+            color=[color(analysis, cell.contender) for cell in cells],
+        )
+        for position, (cell, kind, _) in enumerate(rows):
+            axis.annotate(
+                kind,
+                (position, cell.rps.median),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize=6,
+            )
+        axis.set_xticks(list(range(len(cells))))
+        axis.set_xticklabels(
+            [cell.contender for cell in cells], rotation=30, ha="right", fontsize=7
+        )
+        axis.set_ylabel("requests/s (median, min-max)")
+        axis.set_title(f"{name} at {cells[0].concurrency} connections")
+        axis.grid(True, axis="y", alpha=0.3)
+    figure.suptitle("Ceiling: no framework, a lean async framework, Django")
+    return figure
+
+
+def floor_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw floor.png (see floor_figure)."""
+    figure = floor_figure(analysis)
+    return save(figure, out / "floor.png") if figure else None
+
+
+def floor_figure(analysis: Analysis) -> Figure | None:
+    """Return Django's in-process CPU per request against the served one, per mode and cell."""
+    rows = [row for row in analysis.floor_shares if row.served_cpu_us.median]
+    if not rows:
+        return None
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.4))
+    positions = range(len(rows))
+    axis.bar(
+        [p - 0.2 for p in positions],
+        [row.floor_cpu_us.median for row in rows],
+        0.4,
+        label="floor: Django's handler in-process",
+        color="C7",
+    )
+    axis.bar(
+        [p + 0.2 for p in positions],
+        [row.served_cpu_us.median for row in rows],
+        0.4,
+        yerr=[
+            [row.served_cpu_us.median - row.served_cpu_us.low for row in rows],
+            [row.served_cpu_us.high - row.served_cpu_us.median for row in rows],
+        ],
+        capsize=3,
+        label="served: the server's processes",
+        color="C0",
+    )
+    for position, row in enumerate(rows):
+        if row.share is not None:
+            axis.annotate(
+                f"server {100 * row.share:.0f}%",
+                (position + 0.2, row.served_cpu_us.median),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize=7,
+            )
+    axis.set_xticks(list(positions))
+    axis.set_xticklabels(
+        [f"{row.contender}\n{row.scenario} c={row.concurrency}" for row in rows],
+        rotation=30,
+        ha="right",
+        fontsize=7,
+    )
+    axis.set_ylabel("CPU µs per request (median)")
+    axis.set_title("Floor: Django's own cost against a served request")
     axis.grid(True, axis="y", alpha=0.3)
     axis.legend(fontsize=7)
-    return save(figure, out / "ceiling.png")
+    return figure
 
 
 def latency_chart(analysis: Analysis, out: Path) -> str | None:
@@ -359,6 +451,7 @@ def draw_all(analysis: Analysis, out: Path) -> list[str]:
         throughput_chart,
         latency_chart,
         ceiling_chart,
+        floor_chart,
         nginx_chart,
         sse_chart,
         memory_chart,

@@ -35,7 +35,7 @@ from lab.bench import charts, machine, report, wrk
 from lab.bench.analysis import analyse, scenario_dict
 from lab.bench.contenders import ContenderError, available_modes, parse_modes
 from lab.bench.infra import InfraError
-from lab.bench.plan import Options, Plan, build, builtin_scenarios, default_cpus
+from lab.bench.plan import FLOOR_REQUESTS, Options, Plan, build, builtin_scenarios, default_cpus
 from lab.bench.runner import BenchError, Runner, hide_password, now, raise_open_files_limit
 from lab.bench.scenarios import (
     # showcase:begin
@@ -173,6 +173,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-nginx", action="store_true", help="skip the cells through nginx")
     p.add_argument("--no-stock", action="store_true", help="skip the stock profile")
     p.add_argument("--no-bare", action="store_true", help="skip the bare (no Django) ceiling apps")
+    p.add_argument(
+        "--frameworks",
+        action=argparse.BooleanOptionalAction,
+        help="the lean framework ceilings: Starlette on the asgi_uvicorn config and Sanic's own "
+        "server answering hello and json (default: on, off with --quick)",
+    )
+    p.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        help="the floor: Django's WSGI and ASGI handlers timed in-process on hello and json, "
+        "without a server (default: on, off with --quick)",
+    )
+    p.add_argument(
+        "--floor-requests",
+        type=int,
+        help=f"requests per timed batch of the floor, one batch per repeat (default: "
+        f"{FLOOR_REQUESTS})",
+    )
     p.add_argument("--sse-clients", help="comma-separated SSE client counts (default: 100,1000)")
     p.add_argument("--sse-events", type=int, help="events per SSE stream (default: 15)")
     p.add_argument("--sse-interval", type=int, help="ms between two SSE events (default: 200)")
@@ -304,6 +322,11 @@ def options_from(args: argparse.Namespace) -> Options:
         nginx=not args.no_nginx,
         stock=not args.no_stock and not args.quick,
         bare=not args.no_bare,
+        frameworks=not args.quick if args.frameworks is None else args.frameworks,
+        floor=not args.quick if args.floor is None else args.floor,
+        floor_requests=int(
+            positive(args.floor_requests, "--floor-requests", FLOOR_REQUESTS, low=1, high=1e6)
+        ),
         sse_clients=parse_levels(pick("sse_clients") or "100,1000"),
         sse_events=int(positive(pick("sse_events"), "--sse-events", 15, low=1, high=1000)),
         sse_interval_ms=int(
@@ -337,6 +360,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[str]:
     results["targets"] = [target.as_dict() for target in analysis.targets]
     results["checks"] = analysis.checks
     results["wrong_status"] = analysis.wrong_status
+    results["floor"] = [figure.as_dict() for figure in analysis.floor]
+    results["floor_shares"] = [row.as_dict() for row in analysis.floor_shares]
     (out / "results.json").write_text(
         json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8"
     )
@@ -458,6 +483,7 @@ def run(
             "runs": runner.runs,
             "servers": runner.servers_started,
             "sse_runs": runner.sse_runs,
+            "floor_runs": runner.floor_runs,
             "commands": runner.commands,
         }
     )

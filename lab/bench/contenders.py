@@ -6,7 +6,10 @@ A contender is a serving mode running one application profile:
   granian for each interface when the optional extra is installed (`uv sync --all-extras`);
 - profile "native" (the template), "stock" (DUALSERVE_PROFILE=stock: startproject's
   MIDDLEWARE, whitenoise and Django's own ASGI handler) or "bare" (lab.bench.bare: no
-  Django at all, the server's ceiling).
+  Django at all, the server's ceiling);
+- the lean async frameworks as reference ceilings (lab.bench.frameworks), the showcase's
+  hello and JSON answers without Django: "asgi_uvicorn+starlette" (Starlette on the shipped
+  asgi_uvicorn config) and "sanic" (Sanic on its own server, mode and profile "sanic").
 
 Every server is started under `taskset` on the server CPUs, in a session of its own, and
 stopped by its PID with SIGTERM (lab.servers.Server), SIGKILL to its group as a last resort.
@@ -21,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +33,27 @@ from lab import servers
 
 GRANIAN_MODES = ("granian_wsgi", "granian_asgi")
 ALL_MODES = (*servers.MODES, *GRANIAN_MODES)
-PROFILES = ("native", "stock", "bare")
+# Sanic serves itself: a mode of its own, never a --modes choice (it cannot serve Django).
+SANIC = "sanic"
+STARLETTE = "starlette"
+PROFILES = ("native", "stock", "bare", STARLETTE, SANIC)
+# The profiles that run no Django: the ceilings.
+DJANGO_FREE = ("bare", STARLETTE, SANIC)
 DJANGO_APPS = {"wsgi": "project.wsgi:application", "asgi": "project.asgi:application"}
 BARE_APPS = {"wsgi": "lab.bench.bare:wsgi_app", "asgi": "lab.bench.bare:asgi_app"}
+FRAMEWORK_APPS = {
+    STARLETTE: "lab.bench.frameworks.starlette_app:app",
+    SANIC: "lab.bench.frameworks.sanic_app:app",
+}
 # Worker recycling restarts a worker (a full Django import) every ~10,000 requests: in a run
 # of tens of thousands that is a stall measured as the server's speed. common.py says to turn
 # it off for benchmarks; GUNICORN_CMD_ARGS beats the config file and leaves it unchanged.
 GUNICORN_BENCH_ARGS = "--max-requests 0"
 START_TIMEOUT = 60.0
+# Sanic logs this once per worker process ready to serve; its main process takes the
+# workers' acknowledgements within a few of its 0.1 s polls after that.
+SANIC_WORKER_READY = r"Worker ready \[\d+\]"
+SANIC_ACK_S = 1.0
 
 # Called with the port chosen; returns the command and its environment overrides.
 ArgvForPort = Callable[[int], tuple[list[str], dict[str, str | None]]]
@@ -55,24 +72,45 @@ class Contender:
 
     @property
     def name(self) -> str:
-        """Return the display name: the mode, plus +profile unless native."""
-        return self.mode if self.profile == "native" else f"{self.mode}+{self.profile}"
+        """Return the display name: the mode, plus +profile unless native (or the mode itself)."""
+        if self.profile in ("native", self.mode):
+            return self.mode
+        return f"{self.mode}+{self.profile}"
 
     @property
     def interface(self) -> str:
         """Return "wsgi" or "asgi"."""
         if self.mode in GRANIAN_MODES:
             return self.mode.removeprefix("granian_")
+        if self.mode == SANIC:
+            return "asgi"
         return servers.interface_of_mode(self.mode)
 
     @property
     def app(self) -> str:
         """Return the application's import path."""
+        if self.profile in FRAMEWORK_APPS:
+            return FRAMEWORK_APPS[self.profile]
         apps = BARE_APPS if self.profile == "bare" else DJANGO_APPS
         return apps[self.interface]
 
     def argv(self, port: int, workers: int) -> list[str]:
         """Return the server's command line (without CPU pinning)."""
+        if self.mode == SANIC:
+            # Sanic's own server: a main process and `workers` worker processes, uvloop, no
+            # access log (what production runs), no banner; debug is off unless asked for.
+            return [
+                sanic_executable(),
+                self.app,
+                "--host",
+                servers.HOST,
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--no-access-logs",
+                "--no-motd",
+            ]
         if self.mode in GRANIAN_MODES:
             return [
                 granian_executable() or "granian",
@@ -89,7 +127,7 @@ class Contender:
             ]
         argv = [servers.gunicorn_executable(), "-c", str(servers.mode_config(self.mode))]
         # Without an app argument the config's wsgi_app (the project) is served.
-        return [*argv, self.app] if self.profile == "bare" else argv
+        return [*argv, self.app] if self.profile in DJANGO_FREE else argv
 
     def env(self, port: int, workers: int, threads: int) -> dict[str, str | None]:
         """Return the environment overrides the server runs with (None removes a name)."""
@@ -100,9 +138,40 @@ class Contender:
             "BIND": f"{servers.HOST}:{port}",
             "DUALSERVE_PROFILE": "stock" if self.profile == "stock" else "native",
         }
-        if self.mode in GRANIAN_MODES:
+        if self.mode in (*GRANIAN_MODES, SANIC):
             env.update({"GUNICORN_CMD_ARGS": None, "BIND": None, "GUNICORN_THREADS": None})
         return env
+
+
+# Starlette runs on the Django ASGI contender's server config; Sanic on its own server.
+FRAMEWORK_MODE = "asgi_uvicorn"
+# The reference ceilings, in the order the report lists them.
+FRAMEWORK_CONTENDERS = (Contender(FRAMEWORK_MODE, STARLETTE), Contender(SANIC, SANIC))
+
+
+def profile_of(name: str) -> str:
+    """Return the profile of a contender's display name ("sanic" for Sanic's own server)."""
+    mode, _, profile = name.partition("+")
+    return profile or (SANIC if mode == SANIC else "native")
+
+
+def wait_sanic_ready(server: servers.Server, workers: int, timeout: float = START_TIMEOUT) -> bool:
+    """Wait until every Sanic worker logged it is ready and the main process took it in.
+
+    The main process polls its workers' acknowledgements every 0.1 s after they log ready; a
+    SIGTERM before it has them all makes it send the shutdown message to itself forever
+    (sanic 25.12, sanic/worker/manager.py `wait_for_ack`), a spin only SIGKILL ends.
+    """
+    if not server.wait_for_output(SANIC_WORKER_READY, workers, timeout=timeout):
+        return False
+    time.sleep(SANIC_ACK_S)
+    return server.running()
+
+
+def sanic_executable() -> str:
+    """Return the sanic script of this interpreter's environment (the lab group installs it)."""
+    candidate = Path(sys.executable).parent / "sanic"
+    return str(candidate) if candidate.exists() else shutil.which("sanic") or "sanic"
 
 
 def granian_executable() -> str | None:

@@ -24,6 +24,8 @@ PACKAGES = (
     "whitenoise",
     "httpx",
     "granian",
+    "starlette",
+    "sanic",
     "rich",
     "matplotlib",
 )

@@ -9,15 +9,24 @@ the cells inside each, in reverse order, so slow drift (heat, other load) hits e
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.bench.contenders import GRANIAN_MODES, Contender
+from lab.bench.contenders import FRAMEWORK_CONTENDERS, FRAMEWORK_MODE, GRANIAN_MODES, Contender
 from lab.bench.scenarios import BUILTIN, STREAM, Scenario
 
-# The default run's ceiling check: the bare apps at this many connections.
+# The default run's ceiling check: the bare apps (and the frameworks) at this many connections.
 BARE_CONCURRENCY = 100
+# What the bare apps and the frameworks answer as the showcase does: the ceiling's scenarios.
+CEILING_SCENARIOS = ("hello", "json")
+# The scenarios the floor times through Django's handlers in-process (lab.bench.floor).
+FLOOR_SCENARIOS = ("hello", "json")
+FLOOR_REQUESTS = 2000
+FLOOR_WARMUP = 200
+# The floor's rough cost for the ETA: Django's import, and a generous time per request.
+FLOOR_START_S = 2.5
+FLOOR_REQUEST_S = 400e-6
 # The profiles compared with "stock": the modes of targets 1 and 2.
 STOCK_MODES = ("asgi_uvicorn", "wsgi_sync")
 STOCK_SCENARIOS = ("hello", "json")
@@ -50,6 +59,9 @@ class Options:
     nginx: bool = True
     stock: bool = True
     bare: bool = True
+    frameworks: bool = True
+    floor: bool = True
+    floor_requests: int = FLOOR_REQUESTS
     sse_clients: tuple[int, ...] = (100, 1000)
     sse_events: int = 15
     sse_interval_ms: int = 200
@@ -100,14 +112,23 @@ class SseGroup:
     clients: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class FloorJob:
+    """One interface's handler timed in-process on the scenarios' paths (lab.bench.floor)."""
+
+    interface: str
+    scenarios: tuple[str, ...]
+
+
 @dataclass
 class Plan:
-    """The whole run: the wrk groups, the SSE groups, and the scenarios by name."""
+    """The whole run: the wrk groups, the SSE groups, the floor, and the scenarios by name."""
 
     groups: list[Group]
     sse: list[SseGroup]
     scenarios: dict[str, Scenario]
     options: Options
+    floor: list[FloorJob] = field(default_factory=list)
 
     def ordered(self, repeat: int) -> Iterator[tuple[Group, list[Cell]]]:
         """Yield the groups and their cells in the order of repeat `repeat` (0-based)."""
@@ -130,7 +151,11 @@ class Plan:
         runs = self.cell_count() * opts.repeat * (opts.duration_s + RUN_OVERHEAD_S)
         stream_s = opts.sse_ramp_s + (opts.sse_events - 1) * opts.sse_interval_ms / 1000 + 1.0
         sse = sum(START_S + len(group.clients) * (stream_s + 1.0) for group in self.sse)
-        return starts + runs + sse
+        requests = opts.floor_requests * opts.repeat + FLOOR_WARMUP
+        floor = sum(
+            FLOOR_START_S + len(job.scenarios) * requests * FLOOR_REQUEST_S for job in self.floor
+        )
+        return starts + runs + sse + floor
 
 
 def warmups(group: Group) -> tuple[list[str], int]:
@@ -149,6 +174,27 @@ def warmups(group: Group) -> tuple[list[str], int]:
 def levels(scenario: Scenario, options: Options) -> tuple[int, ...]:
     """Return the concurrency levels of `scenario`: --concurrency, else its own, else 10,100."""
     return options.concurrency or scenario.concurrency or (10, 100)
+
+
+def ceiling_level(scenario: Scenario, options: Options) -> int:
+    """Return the one level a ceiling app runs at: 100 when the scenario has it, else its top."""
+    chosen = levels(scenario, options)
+    return BARE_CONCURRENCY if BARE_CONCURRENCY in chosen else max(chosen)
+
+
+def ceiling_group(
+    contender: Contender, options: Options, scenarios: dict[str, Scenario], names: Sequence[str]
+) -> Group:
+    """Return a ceiling app's group: the chosen scenarios of `names`, each at its ceiling level."""
+    return Group(
+        contender,
+        options.workers,
+        [
+            Cell(contender.name, name, ceiling_level(scenarios[name], options))
+            for name in names
+            if name in scenarios
+        ],
+    )
 
 
 def build(options: Options) -> Plan:
@@ -190,16 +236,32 @@ def build(options: Options) -> Plan:
                     ]
             if group.cells:
                 groups.append(group)
-    if options.bare and "hello" in scenarios:
-        for mode in options.modes:
-            contender = Contender(mode, "bare")
-            hello_levels = levels(scenarios["hello"], options)
-            level = BARE_CONCURRENCY if BARE_CONCURRENCY in hello_levels else max(hello_levels)
-            groups.append(Group(contender, options.workers, [Cell(contender.name, "hello", level)]))
+    ceilings: list[tuple[Contender, Sequence[str]]] = []
+    if options.bare:
+        # hello on every mode: each server's ceiling. JSON too on the server the frameworks
+        # share, so the ceiling table has all three apps without Django for both answers.
+        ceilings += [
+            (
+                Contender(mode, "bare"),
+                CEILING_SCENARIOS if options.frameworks and mode == FRAMEWORK_MODE else ("hello",),
+            )
+            for mode in options.modes
+        ]
+    if options.frameworks:
+        ceilings += [(contender, CEILING_SCENARIOS) for contender in FRAMEWORK_CONTENDERS]
+    for contender, names in ceilings:
+        group = ceiling_group(contender, options, scenarios, names)
+        if group.cells:
+            groups.append(group)
     sse = []
     if STREAM in options.endpoints and options.sse_clients:
         sse = [SseGroup(contender, options.sse_clients) for contender in native]
-    return Plan(groups, sse, scenarios, options)
+    floor = []
+    if options.floor:
+        chosen = tuple(name for name in FLOOR_SCENARIOS if name in scenarios)
+        interfaces = dict.fromkeys(contender.interface for contender in native)
+        floor = [FloorJob(interface, chosen) for interface in interfaces if chosen]
+    return Plan(groups, sse, scenarios, options, floor)
 
 
 def default_cpus() -> tuple[tuple[int, ...], tuple[int, ...]]:

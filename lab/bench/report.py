@@ -6,7 +6,8 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from lab.bench.analysis import Analysis, verdict_lines
+from lab.bench.analysis import Analysis, ceiling_rows, verdict_lines
+from lab.bench.plan import CEILING_SCENARIOS
 from lab.bench.stats import CellStats, Spread
 from lab.bench.targets import NGINX_RULE, nginx_costs, nginx_verdict
 from lab.servers import REPO_ROOT
@@ -204,6 +205,127 @@ def contender_order(analysis: Analysis, contender: str) -> tuple[int, str]:
     mode, _, profile = contender.partition("+")
     index = analysis.contenders.index(mode) if mode in analysis.contenders else 99
     return index, profile
+
+
+def ceiling_section(analysis: Analysis) -> list[str]:
+    """Return where Django sits between no framework (bare) and a lean async framework."""
+    lines: list[str] = []
+    for name in CEILING_SCENARIOS:
+        rows = []
+        for cell, kind, django in ceiling_rows(analysis, name):
+            ratio = (
+                f"{cell.rps.median / django.rps.median:.2f}x {django.contender}"
+                if django is not None and django.rps.median
+                else ""
+            )
+            cpu = cell.server_cpu_us_per_request
+            rows.append(
+                [
+                    cell.contender,
+                    kind,
+                    str(cell.concurrency),
+                    spread(cell.rps),
+                    f"{cell.p99_ms.median:.1f}",
+                    f"{cpu.median:,.0f}" if cpu.median else "-",
+                    ratio,
+                    "; ".join(cell.flags),
+                ]
+            )
+        if rows:
+            lines += [f"### {name}", ""]
+            lines += table(
+                [
+                    "contender",
+                    "app",
+                    "conn.",
+                    "req/s",
+                    "p99 (ms)",
+                    "server CPU µs/request",
+                    "req/s against Django",
+                    "flags",
+                ],
+                rows,
+            )
+    if not lines:
+        return []
+    return [
+        "## Ceiling: no framework, a lean framework, Django",
+        "",
+        "The showcase's hello and JSON answers, byte for byte, without Django: the bare apps "
+        "(lab/bench/bare.py) on each mode's shipped gunicorn config, Starlette on the "
+        "asgi_uvicorn config (same uvicorn workers, worker count, CPUs and access log as "
+        "Django's ASGI contender) and Sanic on its own server (same worker count and CPUs, "
+        "uvloop, no access log). Every JSON answer is serialised per request. Server CPU: "
+        "the server's processes (master and workers) per request answered. A bare app compares "
+        "with Django on its own server config, Starlette and Sanic with Django on asgi_uvicorn.",
+        "",
+        *lines,
+    ]
+
+
+def floor_section(analysis: Analysis) -> list[str]:
+    """Return Django's own cost per request against what a served request costs the server."""
+    if not analysis.floor:
+        return []
+    figures = [
+        [
+            figure.interface,
+            f"{figure.scenario}: `GET {figure.path}`",
+            f"{figure.requests:,}" + ("" if figure.status == 200 else f" (status {figure.status})"),
+            spread(figure.cpu_us, 1),
+            spread(figure.wall_us, 1),
+        ]
+        for figure in analysis.floor
+    ]
+    shares = [
+        [
+            row.contender,
+            row.scenario,
+            str(row.concurrency),
+            f"{row.floor_cpu_us.median:,.1f}",
+            spread(row.served_cpu_us, 1) if row.served_cpu_us.median else "-",
+            f"{100 * row.share:.0f}%" if row.share is not None else "-",
+        ]
+        for row in analysis.floor_shares
+    ]
+    lines = [
+        "## Floor: Django's own cost",
+        "",
+        "Django's handlers called in-process, no socket and no server (lab/bench/floor.py): "
+        "`project.wsgi.application` with a minimal environ, its body consumed and closed; "
+        "`project.asgi.application` (the template's handler) awaited with receive/send on one "
+        "uvloop event loop. In a subprocess with the servers' production settings, pinned to "
+        "the servers' CPUs, before any server started; after a warm-up, each batch times the "
+        "requests one after another. CPU: time.process_time over every thread of the process.",
+        "",
+        *table(
+            ["interface", "scenario", "requests per batch", "CPU µs/request", "wall µs/request"],
+            figures,
+        ),
+    ]
+    if not shares:
+        return lines
+    return [
+        *lines,
+        "Server share = 1 - floor CPU / served CPU per request (medians): the part of what a "
+        "served request costs the server's processes (master and workers, from /proc) that is "
+        "not Django's handler: HTTP parsing, the event loop or the worker's accept loop, the "
+        "socket system calls, the access log. An upper bound of the server's own work: a tight "
+        "in-process loop keeps Django hot in the CPU's caches, which a served request, "
+        "interleaved with the kernel's network work, does not.",
+        "",
+        *table(
+            [
+                "mode",
+                "scenario",
+                "conn.",
+                "floor CPU µs/request",
+                "served CPU µs/request",
+                "server share",
+            ],
+            shares,
+        ),
+    ]
 
 
 def nginx_section(analysis: Analysis) -> list[str]:
@@ -478,6 +600,8 @@ def render(analysis: Analysis, charts: Sequence[str]) -> str:
     lines += ["## Verdict", ""] + [f"- {line}" for line in verdict_lines(analysis)] + [""]
     lines += targets_section(analysis)
     lines += throughput_section(analysis)
+    lines += ceiling_section(analysis)
+    lines += floor_section(analysis)
     lines += nginx_section(analysis)
     lines += sse_section(analysis)
     lines += memory_section(analysis)

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import hashlib
 import http.client
+import json
 import os
 import resource
 import secrets
@@ -23,9 +24,28 @@ from pathlib import Path
 from typing import Any
 
 from lab import manage, servers
-from lab.bench import infra, procs, sse, wrk
-from lab.bench.contenders import START_TIMEOUT, Contender, ContenderLaunch, launch, pinned
-from lab.bench.plan import SSE_GRACE_S, Cell, Group, Plan, SseGroup, warmups
+from lab.bench import floor, infra, procs, sse, wrk
+from lab.bench.contenders import (
+    SANIC,
+    START_TIMEOUT,
+    Contender,
+    ContenderLaunch,
+    launch,
+    pinned,
+    wait_sanic_ready,
+)
+from lab.bench.plan import (
+    FLOOR_REQUEST_S,
+    FLOOR_START_S,
+    FLOOR_WARMUP,
+    SSE_GRACE_S,
+    Cell,
+    FloorJob,
+    Group,
+    Plan,
+    SseGroup,
+    warmups,
+)
 from lab.bench.scenarios import Scenario
 
 PROBE_TIMEOUT_S = 15.0
@@ -35,6 +55,8 @@ STOP_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 120.0
 # A health check answered faster than this: the queue is drained.
 SETTLED_S = 0.5
+# The floor of one interface: Django's import plus its timed requests, with a wide margin.
+FLOOR_TIMEOUT_S = 300.0
 
 Notify = Callable[[str], None]
 
@@ -143,12 +165,14 @@ class Runner:
         self.env = server_env(self.var_dir, self.options.database_url)
         self.running: list[tuple[str, servers.Server]] = []
         self.wrk_process: subprocess.Popen[str] | None = None
+        self.floor_process: subprocess.Popen[str] | None = None
         # showcase:begin
         self.upstream: servers.Server | None = None
         # showcase:end
         self.runs: list[dict[str, Any]] = []
         self.servers_started: list[dict[str, Any]] = []
         self.sse_runs: list[dict[str, Any]] = []
+        self.floor_runs: list[dict[str, Any]] = []
         self.commands: dict[str, Any] = {}
         self.sequence = 0
 
@@ -172,6 +196,11 @@ class Runner:
                 os.killpg(self.wrk_process.pid, signal.SIGKILL)
             self.wrk_process.wait()
             stopped.append(f"wrk (pid {self.wrk_process.pid})")
+        if self.floor_process is not None and self.floor_process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.floor_process.pid, signal.SIGKILL)
+            self.floor_process.wait()
+            stopped.append(f"floor (pid {self.floor_process.pid})")
         # A second Ctrl-C must not leave the rest running: ignore it while stopping.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -223,6 +252,9 @@ class Runner:
         if contender.mode in servers.MODES:
             if not server.wait_workers_ready(timeout=START_TIMEOUT):
                 raise BenchError(f"{contender.name}: not every worker booted:\n{server.tail()}")
+        elif contender.mode == SANIC:
+            if not wait_sanic_ready(server, workers):
+                raise BenchError(f"{contender.name}: not every worker booted:\n{server.tail()}")
         else:
             time.sleep(0.5)
         rest = procs.snapshot(server.pid)
@@ -250,6 +282,9 @@ class Runner:
         nothing, and the alternating order then spreads drift across every mode.
         """
         self.prepare()
+        # Before any server exists: the floor has the servers' CPUs to itself.
+        for job in self.plan.floor:
+            self.run_floor(job)
         started: dict[str, tuple[servers.Server, servers.Server | None]] = {}
         for group in self.plan.groups:
             started[group.contender.name] = self.start_group(group)
@@ -456,6 +491,51 @@ class Runner:
             raise BenchError(f"wrk exited with {code}: {' '.join(argv)}\n{output[-2000:]}")
         cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         return wrk.parse(output), argv, output, cpu_s
+
+    # --- the floor: Django's handlers in-process ------------------------------------------
+
+    def run_floor(self, job: FloorJob) -> None:
+        """Time the job's paths through one interface's handler in a pinned subprocess."""
+        opts = self.options
+        paths = [self.plan.scenarios[name].path_for(job.interface) for name in job.scenarios]
+        argv = pinned(
+            floor.command(job.interface, paths, opts.floor_requests, FLOOR_WARMUP, opts.repeat),
+            opts.server_cpus,
+        )
+        self.notify(f"floor {job.interface}: {', '.join(paths)} in-process")
+        # The servers' environment: production settings, the private database and var dir.
+        self.floor_process = subprocess.Popen(  # noqa: S603  (this interpreter, our module)
+            argv,
+            cwd=servers.REPO_ROOT,
+            env=servers.merged_environment(self.env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            output, errors = self.floor_process.communicate(timeout=FLOOR_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.floor_process.pid, signal.SIGKILL)
+            self.floor_process.wait()
+            raise BenchError(f"the floor did not finish: {' '.join(argv)}") from None
+        code = self.floor_process.returncode
+        self.floor_process = None
+        if code != 0:
+            raise BenchError(f"the floor exited with {code}: {' '.join(argv)}\n{errors[-2000:]}")
+        figures = json.loads(output)
+        for scenario, measured in zip(job.scenarios, figures["paths"], strict=True):
+            self.floor_runs.append(
+                {
+                    "interface": job.interface,
+                    "scenario": scenario,
+                    "command": " ".join(argv),
+                    **measured,
+                }
+            )
+        requests = opts.floor_requests * opts.repeat + FLOOR_WARMUP
+        self.advance(FLOOR_START_S + len(paths) * requests * FLOOR_REQUEST_S, "floor")
 
     # --- long-lived connections ------------------------------------------------------------
 

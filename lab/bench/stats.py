@@ -60,6 +60,8 @@ class CellStats:
     requests: int
     errors: dict[str, int]
     server_cpu_percent: Spread
+    # The server's processes' CPU time (master and workers) per request answered, in µs.
+    server_cpu_us_per_request: Spread
     foreign_cpu_percent: Spread
     server_peak_rss: int
     server_peak_worker_rss: int
@@ -126,6 +128,13 @@ def cell_stats(key: str, runs: Sequence[Mapping[str, Any]], wrk_threads: int) ->
         requests=sum(run["wrk"]["requests"] for run in measured),
         errors=errors,
         server_cpu_percent=Spread.of([run["server"]["cpu_percent"] for run in measured]),
+        server_cpu_us_per_request=Spread.of(
+            [
+                1e6 * run["server"]["cpu_s"] / run["wrk"]["requests"]
+                for run in measured
+                if run["wrk"]["requests"] and "cpu_s" in run["server"]
+            ]
+        ),
         foreign_cpu_percent=Spread.of(
             [run["server"].get("foreign_cpu_percent", 0.0) for run in measured]
         ),

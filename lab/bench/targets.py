@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lab.bench.contenders import DJANGO_FREE, profile_of
 from lab.bench.scenarios import Scenario
 from lab.bench.stats import CellStats, find, littles_law_limit
 
@@ -331,9 +332,14 @@ def checks(
                     ),
                 }
             )
-    bare_cells = [c for c in cells.values() if c.contender.endswith("+bare") and c.measured]
+    # The apps without Django (bare, Starlette, Sanic) show what wrk can drive.
+    bare_cells = [
+        c for c in cells.values() if profile_of(c.contender) in DJANGO_FREE and c.measured
+    ]
     django_cells = [
-        c for c in cells.values() if "+" not in c.contender and c.measured and c.via == "direct"
+        c
+        for c in cells.values()
+        if profile_of(c.contender) == "native" and c.measured and c.via == "direct"
     ]
     if bare_cells and django_cells:
         fastest = max(bare_cells, key=lambda c: c.rps.median)

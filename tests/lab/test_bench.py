@@ -9,6 +9,9 @@ stored next to it, so a change in the generator that would change what wrk sends
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import http.client
 import json
 import os
 import signal
@@ -16,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +27,33 @@ import pytest
 
 from deploy import nginx
 from lab import manage, servers
-from lab.bench import analysis, charts, cli, plan, procs, scenarios, sse, stats, targets, wrk
+from lab.bench import (
+    analysis,
+    bare,
+    charts,
+    cli,
+    floor,
+    plan,
+    procs,
+    report,
+    scenarios,
+    sse,
+    stats,
+    targets,
+    wrk,
+)
 from lab.bench.contenders import (
+    FRAMEWORK_CONTENDERS,
+    SANIC,
     Contender,
     ContenderError,
     ContenderLaunch,
     interrupts_held,
     launch,
     parse_modes,
+    wait_sanic_ready,
 )
+from lab.bench.frameworks import sanic_app, starlette_app
 from lab.bench.runner import Runner, manage_steps, server_env, shown_env
 
 DATA = Path(__file__).parent / "data"
@@ -42,8 +63,11 @@ FIXTURE = DATA / "bench-fixture.json"
 USER_URL = "/admin/login/"
 # The default run measures the showcase's endpoints; without them it needs the user's URLs.
 DEFAULT_RUN: list[str] = ["--url", USER_URL]
+# Paths every project answers 200 in-process, without collectstatic: the floor's own test.
+FLOOR_PATHS = {"wsgi": ["/healthz"], "asgi": ["/healthz"]}
 # showcase:begin
 DEFAULT_RUN = []
+FLOOR_PATHS = {"wsgi": ["/sync/hello/", "/sync/json/"], "asgi": ["/async/hello/", "/async/json/"]}
 # The showcase's item 4242, and its page that answers 404 until that item is loaded.
 ITEM_FIXTURE = Path(__file__).parents[1] / "showcase" / "data" / "bench-item-fixture.json"
 FIXTURE_URL = "/sync/db/?id=4242"
@@ -473,6 +497,8 @@ def test_plan_has_nginx_stock_bare_and_sse_groups() -> None:
         "wsgi_sync+bare",
         "wsgi_gthread+bare",
         "asgi_uvicorn+bare",
+        "asgi_uvicorn+starlette",
+        "sanic",
     ]
     asgi = built.groups[2]
     assert [cell.key for cell in asgi.cells] == [
@@ -482,7 +508,10 @@ def test_plan_has_nginx_stock_bare_and_sse_groups() -> None:
         "asgi_uvicorn|sleep|c500|direct",
         "asgi_uvicorn|hello|c100|nginx",
     ]
-    assert [cell.key for cell in built.groups[-1].cells] == ["asgi_uvicorn+bare|hello|c100|direct"]
+    assert [cell.key for cell in built.groups[-3].cells] == ["asgi_uvicorn+bare|hello|c100|direct"]
+    assert [cell.key for cell in built.groups[-1].cells] == ["sanic|hello|c100|direct"]
+    # The floor: each interface of the chosen modes once, on hello (json is not chosen).
+    assert built.floor == [plan.FloorJob("wsgi", ("hello",)), plan.FloorJob("asgi", ("hello",))]
     assert [group.contender.name for group in built.sse] == [
         "wsgi_sync",
         "wsgi_gthread",
@@ -513,6 +542,50 @@ def test_default_run_is_planned_under_15_minutes() -> None:
 def test_quick_run_is_planned_under_a_minute() -> None:
     built = plan.build(cli.options_from(cli.parser().parse_args(["--quick"])))
     assert built.estimate_s() < 60
+
+
+def test_ceilings_answer_hello_and_json_and_the_bare_json_runs_beside_the_frameworks() -> None:
+    chosen = plan.builtin_scenarios(("hello", "json"))
+    chosen_options = options(scenarios=tuple(chosen), nginx=False, stock=False)
+    built = plan.build(chosen_options)
+    cells = {group.contender.name: [c.key for c in group.cells] for group in built.groups}
+    assert cells["asgi_uvicorn+starlette"] == [
+        "asgi_uvicorn+starlette|hello|c100|direct",
+        "asgi_uvicorn+starlette|json|c100|direct",
+    ]
+    assert cells["sanic"] == ["sanic|hello|c100|direct", "sanic|json|c100|direct"]
+    assert cells["asgi_uvicorn+bare"] == [
+        "asgi_uvicorn+bare|hello|c100|direct",
+        "asgi_uvicorn+bare|json|c100|direct",
+    ]
+    assert cells["wsgi_sync+bare"] == ["wsgi_sync+bare|hello|c100|direct"]
+    assert built.floor == [
+        plan.FloorJob("wsgi", ("hello", "json")),
+        plan.FloorJob("asgi", ("hello", "json")),
+    ]
+    without = plan.build(dataclasses.replace(chosen_options, frameworks=False, floor=False))
+    names = [group.contender.name for group in without.groups]
+    assert "sanic" not in names
+    assert "asgi_uvicorn+starlette" not in names
+    assert without.floor == []
+    assert without.estimate_s() < built.estimate_s()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], (True, True)),
+        (["--no-frameworks"], (False, True)),
+        (["--no-floor"], (True, False)),
+        (["--quick"], (False, False)),
+        (["--quick", "--frameworks", "--floor"], (True, True)),
+    ],
+)
+def test_frameworks_and_floor_are_on_unless_quick_or_turned_off(
+    argv: list[str], expected: tuple[bool, bool]
+) -> None:
+    chosen = args_of(*argv)
+    assert (chosen.frameworks, chosen.floor) == expected
 
 
 # --- Scenarios and the command line -----------------------------------------------------------
@@ -608,6 +681,17 @@ def test_contender_commands() -> None:
     assert argv[argv.index("--port") + 1] == "8123"
     assert argv[argv.index("--workers") + 1] == "3"
     assert argv[-1] == "project.asgi:application"
+    starlette, sanic = FRAMEWORK_CONTENDERS
+    assert starlette.name == "asgi_uvicorn+starlette"
+    assert starlette.argv(8000, 2)[-1] == "lab.bench.frameworks.starlette_app:app"
+    assert "asgi_uvicorn.py" in starlette.argv(8000, 2)[2]
+    assert (sanic.name, sanic.interface) == ("sanic", "asgi")
+    argv = sanic.argv(8124, 3)
+    assert argv[1] == "lab.bench.frameworks.sanic_app:app"
+    assert argv[argv.index("--port") + 1] == "8124"
+    assert argv[argv.index("--workers") + 1] == "3"
+    assert "--no-access-logs" in argv
+    assert sanic.env(8124, 3, 4)["GUNICORN_CMD_ARGS"] is None
 
 
 # --- The user's own pages and data -------------------------------------------------------------
@@ -807,6 +891,264 @@ def test_a_missing_level_on_the_lines_is_marked_where_it_would_be() -> None:
     charts.plt.close(figure)
 
 
+# --- The ceilings: the bare apps and the frameworks --------------------------------------------
+
+CEILING_PATHS = ("/sync/hello/", "/async/hello/", "/sync/json/", "/async/json/", "/healthz")
+Answer = tuple[int, str, bytes]
+
+
+def bare_answer(path: str) -> Answer:
+    """Return what the bare apps answer to `path`: status, content type and body."""
+    headers, body = bare.answer(path)
+    return 200, dict(headers)[b"content-type"].decode(), body
+
+
+async def asgi_answer(app: Any, path: str) -> Answer:
+    """Send GET `path` to an ASGI app in-process; return its status, content type and body."""
+    sent: list[dict[str, Any]] = []
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # no disconnect: the app cancels this wait when done
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        # Sanic hands the headers over as a generator: read them while they exist.
+        sent.append({**message, "headers": list(message.get("headers", []))})
+
+    await asyncio.wait_for(app(floor.asgi_scope(path), receive, send), timeout=10)
+    start = sent[0]
+    headers = {bytes(name).lower(): bytes(value) for name, value in start["headers"]}
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    return start["status"], headers[b"content-type"].decode(), body
+
+
+async def asgi_answers(app: Any, paths: Sequence[str]) -> list[Answer]:
+    """Start `app` with the lifespan protocol, send GET for each path, then shut it down."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    life = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, replies.put)
+    )
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await asyncio.wait_for(replies.get(), 10))["type"] == "lifespan.startup.complete"
+    try:
+        return [await asgi_answer(app, path) for path in paths]
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(life, 10)
+
+
+def wsgi_answer(path: str) -> Answer:
+    """Send GET `path` to the bare WSGI app; return its status, content type and body."""
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+    body = b"".join(
+        bare.wsgi_app(
+            floor.wsgi_environ(path), lambda status, headers: started.append((status, headers))
+        )
+    )
+    status, headers = started[0]
+    return int(status.split()[0]), dict(headers)["content-type"], body
+
+
+def test_the_frameworks_answer_the_bare_apps_bytes() -> None:
+    expected = [bare_answer(path) for path in CEILING_PATHS]
+    assert expected[0] == (200, "text/plain; charset=utf-8", b"Hello, world!\n")
+    # Serialised with json.dumps' defaults, as Django's JsonResponse does: spaces after , and :.
+    assert expected[2][1:] == ("application/json", json.dumps(bare.JSON_PAYLOAD).encode())
+    assert b'", "project": "' in expected[2][2]
+    for app in (bare.asgi_app, starlette_app.app, sanic_app.app):
+        assert asyncio.run(asgi_answers(app, CEILING_PATHS)) == expected, app
+    assert [wsgi_answer(path) for path in CEILING_PATHS] == expected
+
+
+# showcase:begin
+@pytest.mark.parametrize("path", CEILING_PATHS[:4])
+def test_the_bare_answers_are_the_showcases_bytes(client: Any, path: str) -> None:
+    response = client.get(path)
+    assert (response.status_code, response["Content-Type"], response.content) == bare_answer(path)
+
+
+# showcase:end
+@pytest.mark.serving
+@pytest.mark.parametrize("contender", FRAMEWORK_CONTENDERS, ids=lambda contender: contender.name)
+def test_a_framework_ceiling_serves_the_bare_bytes_on_its_own_command(
+    tmp_path: Path, contender: Contender
+) -> None:
+    server = launch(
+        ContenderLaunch(contender, 2, 1, ()),
+        env=dict.fromkeys(servers.INHERITED_SETTINGS),
+        workdir=tmp_path,
+    )
+    try:
+        answers = []
+        for path in ("/async/hello/", "/sync/json/"):
+            connection = http.client.HTTPConnection(servers.HOST, server.port, timeout=10)
+            try:
+                connection.request("GET", path)
+                response = connection.getresponse()
+                answers.append(
+                    (response.status, response.getheader("Content-Type"), response.read())
+                )
+            finally:
+                connection.close()
+        processes = procs.tree(server.pid)
+        if contender.mode == SANIC:
+            # As the runner does: a SIGTERM before Sanic's main process has every worker's
+            # acknowledgement spins it until SIGKILL.
+            assert wait_sanic_ready(server, 2)
+    finally:
+        # Not its exit status: Sanic 25.12's main process now and then exits 1 from a race in
+        # its own shared worker state while shutting down (a traceback in its log).
+        server.stop()
+    assert answers == [bare_answer("/async/hello/"), bare_answer("/sync/json/")]
+    assert len(processes) >= 3, "a master and two workers"
+    assert not [pid for pid in processes if pid_alive(pid)]
+
+
+# --- The floor: Django's handlers in-process -----------------------------------------------------
+
+
+def test_the_floor_sends_requests_through_a_handler_in_process() -> None:
+    assert floor.wsgi_request(bare.wsgi_app, "/sync/json/") == (200, len(bare.json_body()))
+    loop = floor.new_event_loop()
+    try:
+        answer = loop.run_until_complete(floor.asgi_request(bare.asgi_app, "/async/hello/?x=1"))
+    finally:
+        loop.close()
+    assert answer == (200, len(bare.BODY))
+    environ = floor.wsgi_environ("/async/hello/?x=1")
+    assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == ("/async/hello/", "x=1")
+    scope = floor.asgi_scope("/async/hello/?x=1")
+    assert (scope["path"], scope["query_string"]) == ("/async/hello/", b"x=1")
+
+
+def test_server_share_is_what_the_floor_leaves_of_a_served_request() -> None:
+    assert floor.share(100.0, 400.0) == pytest.approx(0.75)
+    assert floor.share(400.0, 400.0) == pytest.approx(0.0)
+    assert floor.share(100.0, 0.0) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_the_floor_times_djangos_handler_in_a_subprocess(tmp_path: Path, interface: str) -> None:
+    paths = FLOOR_PATHS[interface]
+    (tmp_path / "var").mkdir()
+    done = subprocess.run(
+        floor.command(interface, paths, 20, 5, 2),
+        cwd=servers.REPO_ROOT,
+        env=servers.merged_environment(server_env(tmp_path / "var")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["application"] == f"project.{interface}"
+    assert [measured["path"] for measured in figures["paths"]] == paths
+    for measured in figures["paths"]:
+        assert (measured["status"], measured["requests"]) == (200, 20)
+        assert measured["body_bytes"] > 0
+        assert len(measured["batches"]) == 2
+        assert all(batch["cpu_s"] > 0 and batch["wall_s"] > 0 for batch in measured["batches"])
+
+
+def floor_run(interface: str, cpu_us: float, requests: int = 100) -> dict[str, Any]:
+    """Return the floor's figures of hello through one interface, as the runner records them."""
+    return {
+        "interface": interface,
+        "scenario": "hello",
+        "path": f"/{'sync' if interface == 'wsgi' else 'async'}/hello/",
+        "status": 200,
+        "body_bytes": 14,
+        "requests": requests,
+        "warmup": 10,
+        "batches": [
+            {"cpu_s": cpu_us * requests / 1e6 * factor, "wall_s": 2 * cpu_us * requests / 1e6}
+            for factor in (0.9, 1.0, 1.2)
+        ],
+    }
+
+
+def test_floor_shares_pair_each_served_cell_with_its_interfaces_floor() -> None:
+    ok = recorded("wrk-script-ok.txt")  # 4,462 requests
+    runs = [
+        run_record(plan.Cell("asgi_uvicorn", "hello", 100), ok, cpu_s=4462 * 400e-6),
+        run_record(plan.Cell("wsgi_sync", "hello", 100), ok, cpu_s=4462 * 800e-6),
+        # Not Django: no share.
+        run_record(plan.Cell("asgi_uvicorn+bare", "hello", 100), ok, cpu_s=4462 * 90e-6),
+    ]
+    results = {
+        **results_of(runs),
+        "floor_runs": [floor_run("asgi", 100.0), floor_run("wsgi", 200.0)],
+    }
+    analysed = analysis.analyse(results)
+    assert [figure.cpu_us.low for figure in analysed.floor] == pytest.approx([90.0, 180.0])
+    shares = {row.contender: row for row in analysed.floor_shares}
+    assert set(shares) == {"asgi_uvicorn", "wsgi_sync"}
+    assert shares["asgi_uvicorn"].served_cpu_us.median == pytest.approx(400.0)
+    assert shares["asgi_uvicorn"].share == pytest.approx(0.75)
+    assert shares["wsgi_sync"].floor_cpu_us.median == pytest.approx(200.0)
+    assert shares["wsgi_sync"].share == pytest.approx(0.75)
+    section = "\n".join(report.floor_section(analysed))
+    assert "## Floor: Django's own cost" in section
+    assert "| asgi | hello: `GET /async/hello/` | 100 | 100.0 (90.0-120.0) | 200.0 |" in section
+    assert "| asgi_uvicorn | hello | 100 | 100.0 | 400.0 | 75% |" in section
+    figure = charts.floor_figure(analysed)
+    assert figure is not None
+    assert "server 75%" in texts(figure.axes[0])
+    charts.plt.close(figure)
+
+
+def test_no_floor_no_section() -> None:
+    analysed = analysis.analyse(results_of([]))
+    assert report.floor_section(analysed) == []
+    assert charts.floor_figure(analysed) is None
+
+
+def test_the_ceiling_table_puts_django_beside_bare_starlette_and_sanic() -> None:
+    fast, slow = recorded("wrk-script-ok.txt"), recorded("wrk-script-post.txt")
+    runs = [
+        run_record(plan.Cell("asgi_uvicorn", "hello", 100), slow),
+        run_record(plan.Cell("sanic", "hello", 100), fast),
+        run_record(plan.Cell("asgi_uvicorn+starlette", "hello", 100), fast),
+        run_record(plan.Cell("asgi_uvicorn+bare", "hello", 100), fast),
+        # Another level: no ceiling app there, so not in the table.
+        run_record(plan.Cell("asgi_uvicorn", "hello", 10), slow),
+    ]
+    analysed = analysis.analyse(results_of(runs))
+    rows = [
+        (cell.contender, kind, django.contender if django else None)
+        for cell, kind, django in analysis.ceiling_rows(analysed, "hello")
+    ]
+    assert rows == [
+        ("asgi_uvicorn+bare", "no framework", "asgi_uvicorn"),
+        ("asgi_uvicorn+starlette", "Starlette", "asgi_uvicorn"),
+        ("sanic", "Sanic", "asgi_uvicorn"),
+        ("asgi_uvicorn", "Django (the template)", None),
+    ]
+    section = "\n".join(report.ceiling_section(analysed))
+    assert "| sanic | Sanic | 100 | 2,198 |" in section
+    assert "13.46x asgi_uvicorn" in section
+    figure = charts.ceiling_figure(analysed)
+    assert figure is not None
+    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == [
+        "asgi_uvicorn+bare",
+        "asgi_uvicorn+starlette",
+        "sanic",
+        "asgi_uvicorn",
+    ]
+    charts.plt.close(figure)
+    # Sanic runs no Django: the harness check compares wrk's best with Django's, not Sanic's.
+    (harness,) = [check for check in analysed.checks if check["check"] == "harness"]
+    assert "the fastest Django cell (asgi_uvicorn|hello|c" in harness["text"]
+
+
 # --- SSE client pieces ------------------------------------------------------------------------
 
 
@@ -927,7 +1269,9 @@ def pid_alive(pid: int) -> bool:
 def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
     require_wrk()
     out = tmp_path / "bench"
-    assert cli.main(smoke_args(out)) == 0
+    # --quick leaves the frameworks and the floor out: ask for them, the floor kept short.
+    extra = ["--frameworks", "--floor", "--floor-requests", "50"]
+    assert cli.main([*smoke_args(out), *extra]) == 0
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["status"] == "complete"
@@ -935,6 +1279,8 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
     assert {run["cell"] for run in measured} >= {
         "asgi_uvicorn|hello|c10|direct",
         "asgi_uvicorn+bare|hello|c10|direct",
+        "asgi_uvicorn+starlette|hello|c10|direct",
+        "sanic|hello|c10|direct",
     }
     for run in measured:
         assert run["wrk"]["requests"] > 0, run["wrk_output"]
@@ -949,6 +1295,14 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
     assert sse_run["first_event_ms"]["p50"] > 0
     assert [target["number"] for target in results["targets"]] == [1, 2, 3, 4, 5, 6]
     assert results["wrong_status"] == []
+    (floor_figure,) = results["floor"]
+    assert (floor_figure["interface"], floor_figure["path"]) == ("asgi", "/async/hello/")
+    assert (floor_figure["status"], floor_figure["requests"]) == (200, 50)
+    assert floor_figure["cpu_us"]["median"] > 0
+    (floor_share,) = results["floor_shares"]
+    assert (floor_share["contender"], floor_share["scenario"]) == ("asgi_uvicorn", "hello")
+    assert floor_share["served_cpu_us"]["median"] > 0
+    assert floor_share["share"] is not None
 
     report = (out / "report.md").read_text(encoding="utf-8")
     for heading in (
@@ -957,6 +1311,8 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
         "## Throughput and latency",
         "## Memory",
         "## Trust checks",
+        "## Ceiling: no framework, a lean framework, Django",
+        "## Floor: Django's own cost",
     ):
         assert heading in report
     assert "| 1 | Django /async/hello/" in report
@@ -966,7 +1322,14 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
         assert results["targets"][4]["verdict"] == targets.UNDECIDED
         assert targets.NGINX_RULE in report
     charts = sorted(path.name for path in out.glob("*.png"))
-    assert {"throughput.png", "latency.png", "ceiling.png", "memory.png", "sse.png"} <= set(charts)
+    assert {
+        "throughput.png",
+        "latency.png",
+        "ceiling.png",
+        "floor.png",
+        "memory.png",
+        "sse.png",
+    } <= set(charts)
     for name in charts:
         width, height = png_size(out / name)
         assert width > 100
