@@ -253,21 +253,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # How a message reaches WebSocket consumers in other processes: Channels' group_send from a
 # view, a task or another consumer (apps/dualserve/websocket.py). REDIS_URL (redis://host:6379/0,
 # rediss:// for TLS, a password as redis://:secret@host/0), the name most hosts and compose files
-# use, selects Redis: one bus for every worker process on every host. channels_redis's
-# RedisChannelLayer, not its RedisPubSubChannelLayer: its groups live in Redis (a sorted set per
-# group, one Lua call fans a message out to every member on any host), and each consumer's queue
-# is bounded (capacity 100, messages expire after 60 s), so a stalled client loses messages
-# instead of growing its worker's memory as the pub/sub layer's unbounded in-process queues do.
-# Its cost is one Redis push per member per message: for groups of many thousands, prefer
-# the pub/sub layer (one PUBLISH per message). Unset: Channels' in-memory layer, which reaches
-# the consumers of ONE process only (a group_send from one worker never reaches another's
-# clients): fine for `manage.py test` and a single worker, wrong for anything else.
+# use, selects Redis: one bus for every worker process on every host. channels_redis's pub/sub
+# layer, not its RedisChannelLayer: a group message is one PUBLISH, which Redis hands once to each
+# process with members in the group and each process to its own members, whatever the group's
+# size (RedisChannelLayer pushes one copy per member). Its consumers wait on in-process queues,
+# never on Redis: RedisChannelLayer's consumers each take turns in a blocking BZPOPMIN, and with
+# redis-py 8.2 a consumer cancelled at disconnect while its command is in flight can lose the
+# cancellation (measured: such a consumer lived on 5 s and ended in a TimeoutError traceback).
+# Delivery is at most once, to clients connected at that moment: right for live updates, not for
+# messages that must survive a restart (use a queue or the database for those). Unset: Channels'
+# in-memory layer, which reaches the consumers of ONE process only (a group_send from one worker
+# never reaches another's clients): fine for `manage.py test` and a single worker, wrong for more.
 REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 CHANNEL_LAYERS: dict[str, dict[str, Any]]
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }

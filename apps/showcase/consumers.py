@@ -27,6 +27,10 @@ class EchoConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # untyped bas
     A message over ECHO_MAX_MESSAGE_BYTES closes the connection with code 1009.
     """
 
+    # No channel layer: nothing is ever sent to an echo, so it subscribes to nothing (an alias
+    # that names no layer gives the consumer none).
+    channel_layer_alias = None
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > ECHO_MAX_MESSAGE_BYTES:

@@ -7,8 +7,8 @@ The event goes through the channel layer (settings.CHANNEL_LAYERS) to group LIVE
 reaches the clients of every worker process only when the layer is Redis (REDIS_URL); the
 in-memory layer reaches those of the publishing process alone. An event is a JSON-ready dict
 (str, int, float, bool, None, lists and dicts of them): the Redis layer sends it as msgpack and
-the consumer as JSON. Publishing never waits for clients: a client whose queue is full misses
-the event (the layer's capacity), the others still get it.
+the consumer as JSON. Publishing never waits for clients, and reaches those connected at that
+moment: one that connects later, or reconnects, never sees it.
 """
 
 from __future__ import annotations
