@@ -24,17 +24,22 @@ NGINX_USER                         the owner of STATIC_ROOT when run    (the ima
 
 Routing on the hybrid entry, same for both: NGINX_ASGI_PREFIXES, comma-separated path prefixes
 whose requests go to ASGI (the project's async views); every other request goes to WSGI, except
-those asking for an event stream (`Accept: text/event-stream`), which go to ASGI whatever their
-path. Each prefix starts and ends with "/" (`/blog/` covers /blog/1/ but not /blogroll/), with
-letters, digits and . _ ~ - between the slashes. Unset or blank, the template's default applies:
-the showcase's /async/ while the project has the showcase, none without it. A list replaces the
-default, so a project that keeps the showcase lists /async/ too:
+WebSocket handshakes (`Upgrade: websocket`) and those asking for an event stream (`Accept:
+text/event-stream`), which go to ASGI whatever their path. Each prefix starts and ends with "/"
+(`/blog/` covers /blog/1/ but not /blogroll/), with letters, digits and . _ ~ - between the
+slashes. Unset or blank, the template's default applies: the showcase's /async/ while the
+project has the showcase, none without it. A list replaces the default, so a project that keeps
+the showcase lists /async/ too:
 
     NGINX_ASGI_PREFIXES=/blog/,/api/live/ make up
 
 The Docker image renders its config at build time: there the value is a build argument
 (`docker build --build-arg NGINX_ASGI_PREFIXES=/blog/,/api/live/ --target nginx .`, or the nginx
 service's build args in compose.yaml), and a change needs a rebuild.
+
+WebSockets: the hybrid and ASGI entries tunnel a handshake to ASGI (`Upgrade` and `Connection:
+upgrade` passed on; other requests keep the upstream connection alive); the WSGI entry answers it
+400 itself, since WSGI cannot hold a WebSocket.
 
 Tuning, same for both: NGINX_WORKER_PROCESSES (auto), NGINX_WORKER_CONNECTIONS (1024),
 NGINX_CLIENT_MAX_BODY_SIZE (64m), NGINX_CLIENT_HEADER_TIMEOUT (10s), NGINX_CLIENT_BODY_TIMEOUT
