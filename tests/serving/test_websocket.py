@@ -7,11 +7,8 @@ this test process share. Clients are the `websockets` library's sync client.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -20,14 +17,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
-# showcase:begin
-from apps.showcase.consumers import CLOSE_MESSAGE_TOO_BIG, ECHO_MAX_MESSAGE_BYTES
-
-# showcase:end
 from lab import servers
 from lab.stack import Stack, start_stack
 from tests.support import require_nginx
@@ -188,6 +181,14 @@ def test_a_handshake_without_origin_is_refused(stack: Stack) -> None:
 
 # showcase:begin
 # --- The showcase's consumers -------------------------------------------------------------------
+# What only these tests use is imported here, so the module loses it with the showcase.
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+
+from apps.showcase.consumers import CLOSE_MESSAGE_TOO_BIG, ECHO_MAX_MESSAGE_BYTES  # noqa: E402
 
 
 @pytest.mark.parametrize("entry", ["direct", "hybrid", "asgi"])
