@@ -52,6 +52,8 @@ INHERITED_SETTINGS = (
     "GUNICORN_CONTROL_SOCKET",
     "FORWARDED_ALLOW_IPS",
     "DATABASE_URL",
+    # The channel layer (WebSocket groups, the event bus): Redis when set.
+    "REDIS_URL",
     "DJANGO_ENV",
     "DJANGO_DEBUG",
     "DJANGO_ALLOWED_HOSTS",

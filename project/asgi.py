@@ -6,7 +6,7 @@ import os
 os.environ["DJANGO_INTERFACE"] = "asgi"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-from channels.routing import ProtocolTypeRouter  # type: ignore[import-untyped]
+from channels.routing import ProtocolTypeRouter
 
 from apps.dualserve.asgi import get_asgi_application
 from apps.dualserve.websocket import get_websocket_application

@@ -31,9 +31,9 @@ from importlib import import_module
 from typing import Any, cast
 from urllib.parse import ParseResult, urlparse
 
-from channels.auth import AuthMiddlewareStack  # type: ignore[import-untyped]
-from channels.routing import URLRouter  # type: ignore[import-untyped]
-from channels.security.websocket import (  # type: ignore[import-untyped]
+from channels.auth import AuthMiddlewareStack
+from channels.routing import URLRouter
+from channels.security.websocket import (
     AllowedHostsOriginValidator,
 )
 from django.urls import re_path

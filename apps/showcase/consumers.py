@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from channels.generic.websocket import AsyncWebsocketConsumer  # type: ignore[import-untyped]
+from channels.generic.websocket import AsyncWebsocketConsumer
 
 from apps.showcase.live import LIVE_GROUP
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer  # type: ignore[import-untyped]
+from channels.layers import get_channel_layer
 
 # The group every LiveConsumer joins (apps/showcase/consumers.py).
 LIVE_GROUP = "live"

@@ -64,12 +64,19 @@ class LifespanTests(SimpleTestCase):
         self.assertEqual(status, 200)
         self.assertEqual(headers["content-type"], "application/json")
 
-    async def test_websocket_is_refused_by_django(self) -> None:
+    async def test_a_websocket_without_a_route_is_closed_not_crashed(self) -> None:
+        """project.asgi routes websocket scopes to Channels: an unknown path is refused cleanly."""
         from project.asgi import application
 
-        communicator = ApplicationCommunicator(application, {"type": "websocket", "path": "/"})
-        with self.assertRaisesMessage(ValueError, "Django can only handle ASGI/HTTP"):
-            await communicator.wait(2)
+        scope = {
+            "type": "websocket",
+            "path": "/ws/nowhere/",
+            "headers": [(b"host", b"localhost"), (b"origin", b"http://localhost")],
+        }
+        communicator = ApplicationCommunicator(application, scope)
+        await communicator.send_input({"type": "websocket.connect"})
+        self.assertEqual(await communicator.receive_output(2), {"type": "websocket.close"})
+        await communicator.wait(2)
 
 
 async def thread_of(handler: PooledThreadASGIHandler, sleep: float = 0) -> str:
