@@ -205,6 +205,8 @@ def ceiling_figure(analysis: Analysis) -> Figure | None:
             color=[color(analysis, cell.contender) for cell in cells],
         )
         for position, (cell, kind, _) in enumerate(rows):
+            if profile_of(cell.contender) not in DJANGO_FREE:
+                continue  # Django's bars: their names say it, and the labels would collide
             axis.annotate(
                 kind,
                 (position, cell.rps.median),
@@ -260,7 +262,7 @@ def floor_figure(analysis: Analysis) -> Figure | None:
         if row.share is not None:
             axis.annotate(
                 f"server {100 * row.share:.0f}%",
-                (position + 0.2, row.served_cpu_us.median),
+                (position + 0.2, row.served_cpu_us.high),
                 textcoords="offset points",
                 xytext=(0, 3),
                 ha="center",
