@@ -2,12 +2,13 @@
 
 from django.urls import path
 
-from apps.showcase import views
+from apps.showcase import pages, views
 
 app_name = "showcase"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("live/", pages.live, name="live"),
     path("sync/hello/", views.sync_hello, name="sync_hello"),
     path("async/hello/", views.async_hello, name="async_hello"),
     path("sync/json/", views.sync_json, name="sync_json"),
