@@ -194,6 +194,11 @@ CONN_MAX_AGE = env_int(
     "DJANGO_CONN_MAX_AGE", 0 if SERVER_INTERFACE == "asgi" and STACK_PROFILE == "stock" else 60
 )
 
+# Behind PgBouncer in transaction pooling mode (docs/connections.md): a server connection serves
+# another client after each transaction, so nothing may outlive one: no WITH HOLD cursors
+# (QuerySet.iterator()), no prepared statements, and PgBouncer is the pool.
+DB_PGBOUNCER = env_bool("DJANGO_DB_PGBOUNCER", False)
+
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     _database: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL))
@@ -211,7 +216,9 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
     _database["CONN_MAX_AGE"] = CONN_MAX_AGE
-elif _database["ENGINE"] == "django.db.backends.postgresql" and env_bool("DJANGO_DB_POOL", True):
+elif _database["ENGINE"] == "django.db.backends.postgresql" and env_bool(
+    "DJANGO_DB_POOL", not DB_PGBOUNCER
+):
     # psycopg's pool, per process: connections open on demand from min_size up to max_size,
     # go back to the pool when a request ends, and close after 10 idle minutes. max_size is
     # what one process's threads can hold at once: GUNICORN_THREADS under WSGI (the gthread
@@ -240,6 +247,12 @@ elif _database["ENGINE"] == "django.db.backends.postgresql" and env_bool("DJANGO
     _database["CONN_MAX_AGE"] = 0
 else:
     _database["CONN_MAX_AGE"] = CONN_MAX_AGE
+
+if DB_PGBOUNCER:
+    _database["DISABLE_SERVER_SIDE_CURSORS"] = True
+    # Django's psycopg 3 default, pinned: a statement prepared on one server connection is
+    # missing on the next.
+    _database["OPTIONS"] = {**_database.get("OPTIONS", {}), "prepare_threshold": None}
 
 # ATOMIC_REQUESTS stays off: Django refuses it for async views ("You cannot use
 # ATOMIC_REQUESTS with async views"); wrap writes in transaction.atomic where needed.

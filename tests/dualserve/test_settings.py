@@ -26,6 +26,7 @@ print(json.dumps({
     "OPTIONS": db.get("OPTIONS", {}),
     "CONN_MAX_AGE": db["CONN_MAX_AGE"],
     "ATOMIC_REQUESTS": db["ATOMIC_REQUESTS"],
+    "DISABLE_SERVER_SIDE_CURSORS": db.get("DISABLE_SERVER_SIDE_CURSORS", False),
     "ALLOWED_HOSTS": settings.ALLOWED_HOSTS,
     "SECURE_SSL_REDIRECT": settings.SECURE_SSL_REDIRECT,
     "MIDDLEWARE": settings.MIDDLEWARE,
@@ -136,6 +137,20 @@ class SettingsProcessTests(SimpleTestCase):
                 )
         unpooled = self.settings_with(DATABASE_URL=url, DJANGO_DB_POOL="false")
         self.assertEqual((unpooled["OPTIONS"], unpooled["CONN_MAX_AGE"]), ({}, 60))
+
+    def test_pgbouncer_turns_off_what_transaction_pooling_breaks(self) -> None:
+        url = "postgres://app:secret@pgbouncer.internal:6432/app"
+        behind = self.settings_with(DATABASE_URL=url, DJANGO_DB_PGBOUNCER="true")
+        self.assertIs(behind["DISABLE_SERVER_SIDE_CURSORS"], True)
+        # PgBouncer is the pool: Django's own is off unless asked for.
+        self.assertEqual(behind["OPTIONS"], {"prepare_threshold": None})
+        pooled = self.settings_with(
+            DATABASE_URL=url, DJANGO_DB_PGBOUNCER="true", DJANGO_DB_POOL="true"
+        )
+        self.assertEqual(set(pooled["OPTIONS"]), {"pool", "prepare_threshold"})
+        direct = self.settings_with(DATABASE_URL=url)
+        self.assertIs(direct["DISABLE_SERVER_SIDE_CURSORS"], False)
+        self.assertNotIn("prepare_threshold", direct["OPTIONS"])
 
     def test_stock_profile_is_startproject_plus_whitenoise(self) -> None:
         native = self.settings_with()["MIDDLEWARE"]
