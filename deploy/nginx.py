@@ -138,9 +138,10 @@ PREFIX_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+/")
 # there are none, and only event streams go to ASGI until the project lists its own.
 ASGI_PREFIX_DEFAULTS: tuple[str, ...] = ()
 # showcase:begin
-# Every /async/ view of the showcase, its event stream included; its sync twins under /sync/
-# stay on WSGI.
-ASGI_PREFIX_DEFAULTS = ("/async/",)
+# Every /async/ view of the showcase, its event stream included, and its WebSockets under /ws/
+# (nginx sends any handshake to ASGI anyway; the prefix is for proxies that route by path
+# alone, such as deploy/k8s's Ingress); its sync twins under /sync/ stay on WSGI.
+ASGI_PREFIX_DEFAULTS = ("/async/", "/ws/")
 # showcase:end
 
 # Prefixes the hybrid server has a location of its own for: listed again, nginx would refuse
