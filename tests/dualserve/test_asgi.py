@@ -21,6 +21,7 @@ from uvicorn.lifespan.on import LifespanOn
 from apps.dualserve.asgi import (
     ExecutorPool,
     PooledThreadASGIHandler,
+    ReceiverCheck,
     RequestExecutor,
     only_thread_local_receivers,
 )
@@ -63,6 +64,12 @@ class LifespanTests(SimpleTestCase):
         status, headers, _ = await asgi_request(application, "/healthz")
         self.assertEqual(status, 200)
         self.assertEqual(headers["content-type"], "application/json")
+
+
+class WebSocketRoutingTests(TransactionTestCase):
+    # Channels wraps each consumer call in close_old_connections, run on the test's thread
+    # (where earlier tests opened the test database's connection): a SimpleTestCase refuses it.
+    databases: ClassVar[set[str]] = {"default"}
 
     async def test_a_websocket_without_a_route_is_closed_not_crashed(self) -> None:
         """project.asgi routes websocket scopes to Channels: an unknown path is refused cleanly."""
@@ -274,6 +281,57 @@ class DeferredRequestSignalTests(TransactionTestCase):
         self.assertTrue(await communicator.receive_nothing())
 
 
+async def receive_calls(handler: PooledThreadASGIHandler, path: str, query: bytes = b"") -> int:
+    """Serve `path` through `handler` to a client that stays; return how often it read input."""
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b""}
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await asyncio.wait_for(handler(http_scope(path, query_string=query), receive, send), 5)
+    return calls
+
+
+@override_settings(ROOT_URLCONF="tests.dualserve.urls")
+class DisconnectListenerTests(SimpleTestCase):
+    """The disconnect listener starts only for a request that waits."""
+
+    async def test_a_request_answered_without_waiting_reads_only_its_body(self) -> None:
+        self.assertEqual(await receive_calls(PooledThreadASGIHandler(), "/async/ok/"), 1)
+
+    async def test_a_request_that_waits_listens_for_a_disconnect(self) -> None:
+        # The control: the sync view's thread hop makes the request wait.
+        calls = await receive_calls(PooledThreadASGIHandler(), "/sync/thread/", b"sleep=0.05")
+        self.assertEqual(calls, 2)
+
+    async def test_a_cancelled_request_cancels_its_view_and_leaves_no_task(self) -> None:
+        views.WAIT_EVENTS.clear()
+        communicator = ApplicationCommunicator(
+            PooledThreadASGIHandler(), http_scope("/async/wait/")
+        )
+        before = asyncio.all_tasks()
+        await communicator.send_input({"type": "http.request", "body": b""})
+        for _ in range(100):  # until the view runs (bounded: 5 s)
+            if views.WAIT_EVENTS:
+                break
+            await asyncio.sleep(0.05)
+        started = asyncio.all_tasks() - before  # the application, its view, its listener
+        self.assertGreaterEqual(len(started), 3)
+        communicator.future.cancel()  # as a server cancels an application on shutdown
+        with self.assertRaises(asyncio.CancelledError):
+            await communicator.future
+        self.assertEqual(views.WAIT_EVENTS, ["started", "cancelled"])
+        self.assertEqual([task for task in started if not task.done()], [])
+
+
 class RequestExecutorTests(SimpleTestCase):
     def test_the_prologue_runs_once_on_the_thread_before_the_first_job(self) -> None:
         executor = RequestExecutor("test-request")
@@ -317,6 +375,21 @@ class RequestExecutorTests(SimpleTestCase):
             self.assertFalse(only_thread_local_receivers(request_started, PooledThreadASGIHandler))
         finally:
             request_started.disconnect(receiver)
+
+    def test_the_receiver_check_sees_a_receiver_come_and_go(self) -> None:
+        check = ReceiverCheck(PooledThreadASGIHandler)
+        self.assertTrue(check(request_finished))
+
+        def receiver(**kwargs: object) -> None:
+            pass
+
+        request_finished.connect(receiver)
+        try:
+            self.assertFalse(check(request_finished))
+        finally:
+            request_finished.disconnect(receiver)
+        self.assertTrue(check(request_finished))
+        self.assertTrue(check(request_started))  # one answer per signal
 
 
 class RetiredThreadTests(TransactionTestCase):
