@@ -25,4 +25,7 @@ urlpatterns = [
     path("async/stream/", views.async_stream, name="async_stream"),
     path("sync/upload/", views.sync_upload, name="sync_upload"),
     path("async/upload/", views.async_upload, name="async_upload"),
+    path("async/live/", views.async_live, name="async_live"),
+    path("sync/publish/", views.sync_publish, name="sync_publish"),
+    path("async/publish/", views.async_publish, name="async_publish"),
 ]

@@ -7,19 +7,25 @@ does what differs: how it waits, calls, queries or streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from asgiref.sync import iscoroutinefunction
+from channels.layers import get_channel_layer
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.middleware.csrf import get_token
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.dualserve.middleware import interface_of
-from apps.showcase import clients, params, payloads
+from apps.showcase import clients, live, params, payloads
 from apps.showcase.clients import UpstreamFailure
 from apps.showcase.models import Item
 from apps.showcase.params import ParamError
@@ -294,3 +300,139 @@ async def async_upload(request: HttpRequest) -> JsonResponse:
     digest = await asyncio.to_thread(payloads.digest_body, request.read, limit)
     params.complete_body(request.META, digest["size"])
     return JsonResponse(digest)
+
+
+# --- live: the event bus ----------------------------------------------------------------------
+
+# A comment line on an idle stream at least this often (SHOWCASE_LIVE_HEARTBEAT_SECONDS
+# overrides it): nginx closes a proxied stream that sends nothing for proxy_read_timeout (60 s),
+# and a heartbeat is also how the server learns that a client has gone.
+LIVE_HEARTBEAT_SECONDS = 20.0
+# How long a browser's EventSource waits before reconnecting after the stream ends, in ms.
+LIVE_RETRY_MS = 3000
+LIVE_ASGI_ONLY = (
+    "/async/live/ streams under ASGI only: under WSGI Django would consume the endless stream "
+    "whole, holding a worker thread forever. Use the hybrid or the ASGI entry."
+)
+
+
+def live_heartbeat_seconds() -> float:
+    """Return how long a live stream may stay silent before it sends a heartbeat."""
+    seconds: float = getattr(settings, "SHOWCASE_LIVE_HEARTBEAT_SECONDS", LIVE_HEARTBEAT_SECONDS)
+    return seconds
+
+
+async def live_events(heartbeat: float) -> AsyncIterator[bytes]:
+    """Yield every event published to the live group, framed as SSE, with heartbeats.
+
+    It joins the group through the channel layer as a LiveConsumer does: a channel of its own
+    (new_channel), added to LIVE_GROUP, before the first bytes leave, so a client that has
+    read them is subscribed. One receive() stays pending across heartbeats: cancelling it on
+    each timeout would make the Redis pub/sub layer unsubscribe and subscribe again, and drop
+    what is published in between. A client that goes away cancels the stream (Django's ASGI
+    handler cancels the response on http.disconnect): the finally clause then ends the
+    receive (which unsubscribes the channel) and leaves the group.
+    """
+    layer = get_channel_layer()
+    loop = asyncio.get_running_loop()
+    channel = await layer.new_channel()
+    receiving: asyncio.Future[dict[str, Any]] | None = None
+    try:
+        await layer.group_add(live.LIVE_GROUP, channel)
+        yield f"retry: {LIVE_RETRY_MS}\n\n".encode()
+        # A heartbeat is due after `heartbeat` seconds of silence: any write restarts the clock.
+        quiet_until = loop.time() + heartbeat
+        while True:
+            if receiving is None:
+                receiving = asyncio.ensure_future(layer.receive(channel))
+            done, _ = await asyncio.wait({receiving}, timeout=max(0.0, quiet_until - loop.time()))
+            if done:
+                message, receiving = receiving.result(), None
+                if message.get("type") != live.LIVE_EVENT:
+                    continue
+                data = json.dumps(message["event"], separators=(",", ":"))
+                yield f"data: {data}\n\n".encode()
+            else:
+                yield b": heartbeat\n\n"
+            quiet_until = loop.time() + heartbeat
+    finally:
+        if receiving is not None:
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
+        await layer.group_discard(live.LIVE_GROUP, channel)
+
+
+@endpoint("GET")
+async def async_live(request: HttpRequest) -> HttpResponseBase:
+    """Stream every event published to the live group as Server-Sent Events, until the client
+    goes: `data: <event JSON>`, a `: heartbeat` comment when idle, `retry:` first.
+
+    The same feed as the WebSocket /ws/live/, from the same channel layer group. There is no
+    sync twin: a sync view cannot await the channel layer's receive(), and a sync generator
+    that waited on it (through async_to_sync) would hold a WSGI thread for the whole stream.
+    Served under WSGI it answers 503 for the same reason (see LIVE_ASGI_ONLY).
+    """
+    if interface_of(request) != "asgi":
+        return payloads.error_response(503, LIVE_ASGI_ONLY)
+    return payloads.sse_response(live_events(live_heartbeat_seconds()))
+
+
+# The publish views keep Django's CSRF protection: the live page posts from the same origin
+# with the csrftoken cookie's value in X-CSRFToken, and a GET hands out that cookie (to a
+# script or a test) with a description of the POST. Both answer 202 with the event's id:
+# delivery to clients is not waited for.
+
+
+def publish_usage(request: HttpRequest) -> JsonResponse:
+    """Describe the POST and set the CSRF cookie it needs."""
+    get_token(request)
+    return JsonResponse(
+        {
+            "post": {"text": f"1 to {live.TEXT_MAX_CHARS} characters"},
+            "content_type": "application/json",
+            "csrf": "send the csrftoken cookie's value in the X-CSRFToken header",
+        }
+    )
+
+
+def published_text(request: HttpRequest) -> str:
+    """Return the text of a publish request, its size bounded (413) and its JSON checked."""
+    params.declared_length(request.META, live.PUBLISH_MAX_BODY_BYTES)
+    if not params.is_json(request.META):
+        raise params.ParamError('send the body as application/json: {"text": "..."}', 415)
+    body = request.body
+    if len(body) > live.PUBLISH_MAX_BODY_BYTES:
+        raise params.ParamError(
+            f"body is over the limit of {live.PUBLISH_MAX_BODY_BYTES} bytes", 413
+        )
+    params.complete_body(request.META, len(body))
+    return live.text_from_body(body)
+
+
+def published(event: dict[str, Any]) -> JsonResponse:
+    """Return the 202 answer for a published event."""
+    return JsonResponse({"id": event["id"], "event": event}, status=202)
+
+
+@endpoint("GET", "POST")
+def sync_publish(request: HttpRequest) -> JsonResponse:
+    """POST {"text": ...}: publish a message to the live feed through live.publish.
+
+    Under WSGI, publish() runs a short event loop of its own (async_to_sync) for each call.
+    """
+    if request.method == "GET":
+        return publish_usage(request)
+    event = live.message_event(published_text(request), f"sync view ({interface_of(request)})")
+    live.publish(event)
+    return published(event)
+
+
+@endpoint("GET", "POST")
+async def async_publish(request: HttpRequest) -> JsonResponse:
+    """POST {"text": ...}: publish a message to the live feed through live.apublish."""
+    if request.method == "GET":
+        return publish_usage(request)
+    event = live.message_event(published_text(request), f"async view ({interface_of(request)})")
+    await live.apublish(event)
+    return published(event)

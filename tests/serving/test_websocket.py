@@ -8,8 +8,6 @@ this test process share. Clients are the `websockets` library's sync client.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,15 +21,13 @@ from websockets.typing import Origin
 
 from lab import servers
 from lab.stack import Stack, start_stack
+from tests.redis_server import running_redis
 from tests.support import require_nginx
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 # Both ASGI modes, each behind nginx with a WSGI mode (as tests/deploy/test_nginx.py pairs them).
 MODE_PAIRS = [("wsgi_gthread", "asgi_uvicorn"), ("wsgi_sync", "asgi_gunicorn")]
-REDIS_INSTALL_HINT = (
-    "redis-server is not installed: install it with `sudo apt-get install redis-server`."
-)
 # Bounds for waiting on a server or on Redis: a hang fails, it never stalls the run.
 OPEN_TIMEOUT = 10.0
 RECEIVE_TIMEOUT = 10.0
@@ -41,49 +37,10 @@ CONSUMER_CHANNELS = "asgispecific.*"
 LIVE_GROUP_CHANNEL = "asgi__group__live"
 
 
-def require_redis_server() -> str:
-    """Return the redis-server binary; without one, fail under CI=true and skip elsewhere."""
-    binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin")
-    if binary is None:
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"CI=true and {REDIS_INSTALL_HINT}")
-        pytest.skip(REDIS_INSTALL_HINT)
-    return binary
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Run a private redis-server on a free loopback port (nothing saved); return its URL."""
-    binary = require_redis_server()
-    directory = tmp_path_factory.mktemp("redis")
-    port = servers.free_port()
-    argv = [binary, "--port", str(port), "--bind", servers.HOST, "--dir", str(directory)]
-    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-    with (directory / "redis.log").open("wb") as log:
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    try:
-        client = redis.Redis(host=servers.HOST, port=port, socket_timeout=2)
-        deadline = time.monotonic() + OPEN_TIMEOUT
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log_text = (directory / "redis.log").read_text(errors="replace")
-                    raise AssertionError(f"redis-server did not start:\n{log_text}") from None
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://{servers.HOST}:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=MODE_PAIRS, ids="+".join)
@@ -95,7 +52,7 @@ def stack(
 ) -> Iterator[Stack]:
     require_nginx()
     wsgi_mode, asgi_mode = request.param
-    # REDIS_URL is passed explicitly: lab.servers does not clear it from the inherited env.
+    # The stack clears an inherited REDIS_URL: this module's own Redis is named here.
     with start_stack(
         wsgi_mode,
         asgi_mode,
