@@ -1,0 +1,163 @@
+"""`python -m lab.cluster`: build the cluster, measure it, break it, report, tear it down.
+
+    python -m lab.cluster                      # 3 app hosts; report in var/cluster-results/
+    python -m lab.cluster --quick              # 2 app hosts, short runs
+    python -m lab.cluster --cleanup            # remove what a crashed run left behind
+
+Needs root (network namespaces), nginx, PostgreSQL 15, redis-server and wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from lab.cluster import report, scenarios
+from lab.cluster.cluster import DEFAULT_PREFIX, DEFAULT_SUBNET, Cluster, ClusterError, Layout
+from lab.cluster.cluster import cleanup as remove_leftovers
+
+DESCRIPTION = "Build a cluster of network namespaces, measure it, break it, tear it down."
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lab.cluster", description=DESCRIPTION)
+    parser.add_argument("--out", type=Path, default=Path("var/cluster-results"), help="report dir")
+    parser.add_argument("--hosts", type=int, default=3, choices=(2, 3), help="app hosts")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--fault-duration", type=float, default=10.0, help="seconds per fault run")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace name prefix")
+    parser.add_argument("--subnet", default=DEFAULT_SUBNET, help="the private test network")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--quick", action="store_true", help="2 app hosts, short runs")
+    parser.add_argument(
+        "--cleanup", action="store_true", help="remove a crashed run's namespaces and files"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.hosts, args.duration, args.fault_duration = 2, 2, 6.0
+    return args
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt: the cluster's exit tears it down."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def measure(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    """Run every scenario on `cluster`; return the results."""
+    fault_at = min(3.0, args.fault_duration / 3)
+    print(f"throughput with 1..{args.hosts} app hosts ...", flush=True)
+    throughput = scenarios.throughput(
+        cluster,
+        range(1, args.hosts + 1),
+        duration_s=args.duration,
+        connections=args.connections,
+    )
+    faults: dict[str, Any] = {}
+    print("fault: app host killed ...", flush=True)
+    faults["app_host_killed"] = scenarios.app_host_killed(cluster, args.fault_duration, fault_at)
+    print("fault: app host's link down ...", flush=True)
+    # Requests caught on the cut host wait out nginx's proxy_read_timeout (5 s): the run must
+    # outlast it to see the recovery.
+    cut_duration = max(args.fault_duration, fault_at + 8.0)
+    faults["app_host_cut"] = scenarios.app_host_cut(cluster, cut_duration, fault_at)
+    print("fault: PostgreSQL restarted ...", flush=True)
+    faults["postgres_restarted"] = scenarios.postgres_restarted(
+        cluster, args.fault_duration, fault_at
+    )
+    print("fault: writes while an app host is killed ...", flush=True)
+    faults["writes_during_kill"] = scenarios.writes_during_kill(
+        cluster, min(args.fault_duration, 6.0), min(fault_at, 2.0)
+    )
+    return {"setup": cluster.describe(), "throughput": throughput, "faults": faults}
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """Return what the figures say, in sentences (no judgement the numbers do not carry)."""
+    said = []
+    rows = results["throughput"]
+    for page in dict.fromkeys(row["page"] for row in rows):
+        rates = [f"{row['hosts']}: {row['rps']:.0f}" for row in rows if row["page"] == page]
+        said.append(f"{page} req/s by app host count: {', '.join(rates)} (same CPU budget).")
+    faults = results["faults"]
+    for name in ("app_host_killed", "app_host_cut"):
+        fault = faults[name]
+        carried = recovery(fault["recovered_after_s"], "the fault")
+        said.append(
+            f"{report.FAULT_TITLES[name]}: {fault['failed']} of {fault['requests']} requests "
+            f"failed; survivors carried the load {carried}; "
+            f"answers after it came from {sorted(fault['upstreams_after'])}."
+        )
+    pg = faults["postgres_restarted"]
+    statuses = sorted({s for counts in pg["statuses_by_path"].values() for s in counts})
+    said.append(
+        f"PostgreSQL down {pg['down_s']} s under load: statuses seen {statuses}; "
+        f"{pg['failed_with_retry_after']} of {pg['failed']} failures carried Retry-After, "
+        f"{pg['failed_with_traceback']} a traceback; service back "
+        f"{recovery(pg['recovered_after_s'], 'PostgreSQL accepted again')}."
+    )
+    if pg["failed"] and pg["failed_with_retry_after"] < pg["failed"]:
+        said.append(
+            "The app has no handler that turns a database outage into 503 + Retry-After: a "
+            "view whose query fails answers Django's plain 500 (no traceback with DEBUG off). "
+            "Only /readyz answers 503 for it."
+        )
+    writes = faults["writes_during_kill"]
+    said.append(
+        f"Acknowledged writes missing after an app host was killed: "
+        f"{len(writes['acknowledged_missing'])} of {writes['acknowledged']}."
+    )
+    return said
+
+
+def recovery(seconds: float | None, after: str) -> str:
+    """Return "N s after <after>", or that the run ended first."""
+    return "not within the run" if seconds is None else f"{seconds} s after {after}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.cleanup:
+        try:
+            names, directories = remove_leftovers(args.prefix)
+        except (ClusterError, RuntimeError) as exc:
+            print(f"cleanup failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"removed namespaces: {names or 'none'}; directories: {directories or 'none'}")
+        return 0
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+    layout = Layout(
+        app_hosts=args.hosts, prefix=args.prefix, subnet=args.subnet, pin=not args.no_pin
+    )
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        with Cluster(layout) as cluster:
+            print(f"cluster up: {len(layout.roles())} hosts in {cluster.directory}", flush=True)
+            results = measure(cluster, args)
+    except ClusterError as exc:
+        print(f"lab.cluster: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the cluster is torn down", file=sys.stderr)
+        return 130
+    results["command"] = shlex.join(["python", "-m", "lab.cluster", *(argv or sys.argv[1:])])
+    results["started"] = started
+    results["findings"] = findings(results)
+    written = report.write(args.out, results)
+    print(f"report: {', '.join(str(args.out / name) for name in written)}")
+    for line in results["findings"]:
+        print(f"- {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
