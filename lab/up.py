@@ -13,6 +13,13 @@ holds one socket per interface, WEB_CONCURRENCY uvicorn processes and as many si
 gunicorn masters (WSGI_MODE) serve them, on the same ports; nginx and the showcase upstream run
 as supervisord programs too. Ctrl-C or SIGTERM stops supervisord, which stops every program
 gracefully. ASGI_MODE does not apply there: its ASGI processes are always uvicorn's.
+
+The event bus (the channel layer: WebSocket groups, the live feed): REDIS_URL from the
+environment when set; else a local `redis-server` on REDIS_PORT (8004; nothing saved), started
+with the stack, whose URL both servers get; else, without redis-server (REDIS_SERVER_BINARY
+names another), Channels' in-memory layer, which reaches the clients of one process only: the
+ASGI server then runs ONE worker, and an event published by the WSGI server reaches no client.
+The launcher says which it chose.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
@@ -50,6 +57,12 @@ UP_TIMEOUT_DEFAULT = 60.0
 # UPSTREAM_PORT; the servers find it through SHOWCASE_UPSTREAM_URL.
 UPSTREAM_PORT_DEFAULT = 8003
 # showcase:end
+# The local Redis of the event bus: not Redis's own 6379, where Debian's redis-server package
+# runs the system's instance.
+REDIS_PORT_DEFAULT = 8004
+REDIS_INSTALL_HINT = (
+    "redis-server is not installed (`sudo apt-get install redis-server` on Debian/Ubuntu)"
+)
 # Printed once every process answers; tests and scripts wait for this line.
 READY_BANNER = "dualserve is up (Ctrl-C stops everything):"
 # honcho's exit codes for a stop asked by SIGINT / SIGTERM: a normal end of `make up`.
@@ -78,6 +91,8 @@ class Service:
     url: str
     health_url: str
     description: str
+    # Set for this process only, over the stack's environment.
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def mode(env: Mapping[str, str], name: str) -> str:
@@ -109,6 +124,34 @@ def upstream_port(env: Mapping[str, str]) -> int:
 
 
 # showcase:end
+def redis_port(env: Mapping[str, str]) -> int:
+    """Return the local Redis's port (REDIS_PORT)."""
+    raw = env.get("REDIS_PORT", "").strip() or str(REDIS_PORT_DEFAULT)
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 65535:
+        raise UpError(f"REDIS_PORT={raw!r} is not a port number (1-65535).")
+    return int(raw)
+
+
+def redis_server_binary(env: Mapping[str, str]) -> str | None:
+    """Return the redis-server to start (REDIS_SERVER_BINARY, else looked up), or None."""
+    chosen = env.get("REDIS_SERVER_BINARY", "").strip()
+    if chosen:
+        return shutil.which(chosen)
+    return shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin")
+
+
+def local_redis(env: Mapping[str, str]) -> str | None:
+    """Return the redis-server to run with the stack: None when REDIS_URL names one already."""
+    if env.get("REDIS_URL", "").strip():
+        return None
+    return redis_server_binary(env)
+
+
+def redis_url(port: int) -> str:
+    """Return the URL of the local Redis on `port`."""
+    return f"redis://127.0.0.1:{port}/0"
+
+
 def up_timeout(env: Mapping[str, str]) -> float:
     """Return how long to wait for every health check (UP_TIMEOUT seconds)."""
     raw = env.get("UP_TIMEOUT", "").strip() or str(UP_TIMEOUT_DEFAULT)
@@ -149,15 +192,35 @@ def gunicorn_command(config_mode: str, port: int) -> list[str]:
     return [servers.gunicorn_executable(), "-c", str(config), "--bind", bind]
 
 
-def services(env: Mapping[str, str], nginx_binary: str | None) -> list[Service]:
-    """Return the stack's processes; nginx only when `nginx_binary` is given."""
+def services(
+    env: Mapping[str, str], nginx_binary: str | None, redis_binary: str | None = None
+) -> list[Service]:
+    """Return the stack's processes; nginx only when `nginx_binary` is given, a local Redis
+    only when `redis_binary` is (`env` is then child_environment's, REDIS_URL naming it)."""
     ports = nginx.ports(env)
     wsgi_mode, asgi_mode = mode(env, "WSGI_MODE"), mode(env, "ASGI_MODE")
 
     def local(port: int, path: str = "/") -> str:
         return f"http://127.0.0.1:{port}{path}"
 
-    found = [
+    found = []
+    if redis_binary is not None:
+        port = redis_port(env)
+        command = [redis_binary, "--port", str(port), "--bind", "127.0.0.1"]
+        # Live events only: nothing to keep across a restart, no file in the working tree.
+        command += ["--save", "", "--appendonly", "no"]
+        found.append(
+            Service(
+                "redis",
+                command,
+                f"redis://127.0.0.1:{port}",
+                f"redis://127.0.0.1:{port}",
+                "Redis: the event bus (channel layer) of both servers",
+            )
+        )
+    # Without Redis the bus is in memory, one process's: one ASGI worker holds every client.
+    in_memory = not env.get("REDIS_URL", "").strip()
+    found += [
         Service(
             "wsgi",
             gunicorn_command(wsgi_mode, ports["WSGI_PORT"]),
@@ -170,7 +233,9 @@ def services(env: Mapping[str, str], nginx_binary: str | None) -> list[Service]:
             gunicorn_command(asgi_mode, ports["ASGI_PORT"]),
             local(ports["ASGI_PORT"]),
             local(ports["ASGI_PORT"], "/readyz"),
-            f"ASGI server direct ({asgi_mode})",
+            f"ASGI server direct ({asgi_mode})"
+            + (", ONE worker: no Redis, the event bus is in memory" if in_memory else ""),
+            {"WEB_CONCURRENCY": "1"} if in_memory else {},
         ),
     ]
     # showcase:begin
@@ -236,7 +301,15 @@ def run_step(args: list[str], env: Mapping[str, str], what: str) -> None:
 
 
 def answers(url: str) -> bool:
-    """Return whether `url` answers 200 right now."""
+    """Return whether `url` answers 200 right now (a redis:// URL: PONG to a PING)."""
+    if url.startswith("redis://"):
+        host, port = url.removeprefix("redis://").rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=2) as connection:
+                connection.sendall(b"PING\r\n")
+                return connection.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310  (our http URL)
             return bool(response.status == 200)
@@ -286,10 +359,13 @@ class HealthWatch(threading.Thread):
         sys.stdout.flush()
 
 
-def child_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """Return the environment of every process: the caller's, plus unbuffered Python output."""
+def child_environment(env: Mapping[str, str], redis_binary: str | None = None) -> dict[str, str]:
+    """Return the environment of every process: the caller's, plus unbuffered Python output,
+    and REDIS_URL naming the local Redis when `redis_binary` runs one."""
     merged = dict(env)
     merged["PYTHONUNBUFFERED"] = "1"
+    if redis_binary is not None:
+        merged["REDIS_URL"] = redis_url(redis_port(env))
     # showcase:begin
     if showcase_present():
         merged.setdefault("SHOWCASE_UPSTREAM_URL", f"http://127.0.0.1:{upstream_port(env)}/")
@@ -348,7 +424,8 @@ def run_honcho(stack: Sequence[Service], env: Mapping[str, str], timeout: float)
         if service.command:
             # exec: the shell honcho starts gives way to the server, which gets signals itself.
             command = "exec " + shlex.join(service.command)
-            manager.add_process(service.name, command, env=dict(env), cwd=str(BASE_DIR))
+            process_env = {**env, **service.env}
+            manager.add_process(service.name, command, env=process_env, cwd=str(BASE_DIR))
     watch = HealthWatch(manager.terminate, stack, timeout)
     watch.start()
     manager.loop()
@@ -409,9 +486,32 @@ def run_supervisor(stack: Sequence[Service], env: Mapping[str, str], timeout: fl
     return supervisord.returncode or 1
 
 
+def say_which_bus(env: Mapping[str, str], redis_binary: str | None, manager: str) -> None:
+    """Print which event bus the stack runs on; refuse the in-memory one under supervisord."""
+    if redis_binary is not None:
+        print(
+            f"up: event bus: redis-server on 127.0.0.1:{redis_port(env)}, nothing saved.",
+            flush=True,
+        )
+    elif env.get("REDIS_URL", "").strip():
+        print("up: event bus: the Redis at REDIS_URL from the environment.", flush=True)
+    elif manager == "supervisor":
+        raise UpError(
+            f"{REDIS_INSTALL_HINT}, and PROCESS_MANAGER=supervisor runs two ASGI processes or "
+            "more, which an in-memory event bus would split: install it, or set REDIS_URL."
+        )
+    else:
+        print(
+            f"up: {REDIS_INSTALL_HINT}: the event bus runs in memory, in ONE ASGI worker; "
+            "events published by the WSGI server or another process reach no client.",
+            flush=True,
+        )
+
+
 def up(env: Mapping[str, str]) -> int:
     """Prepare and run the stack until a signal or a process ends; return the exit code."""
-    child_env = child_environment(env)
+    redis_binary = local_redis(env)
+    child_env = child_environment(env, redis_binary)
     # Settings checked, nginx config tested and ports found free before anything starts.
     timeout = up_timeout(child_env)
     manager = process_manager(child_env)
@@ -419,8 +519,9 @@ def up(env: Mapping[str, str]) -> int:
         if supervisord_binary() is None:
             raise UpError(SUPERVISOR_INSTALL_HINT)
         child_env["SUPERVISOR_RUN_DIR"] = str(supervisor_run_dir(child_env))
+    say_which_bus(child_env, redis_binary, manager)
     binary = nginx.nginx_binary(child_env)
-    stack = services(child_env, binary)
+    stack = services(child_env, binary, redis_binary)
     if binary is None:
         print(f"up: {nginx.INSTALL_HINT} Serving the direct ports only.", flush=True)
     else:

@@ -167,7 +167,9 @@ def launcher_env(tmp_path: Path) -> dict[str, str]:
     env.pop("NGINX_RUN_DIR", None)
     for name in ("PROCESS_MANAGER", "SUPERVISOR_RUN_DIR", "ASGI_MODE", "WSGI_MODE"):
         env.pop(name, None)
-    env.update({name: str(servers.free_port()) for name in PORT_NAMES})
+    for name in ("REDIS_URL", "REDIS_SERVER_BINARY"):
+        env.pop(name, None)
+    env.update({name: str(servers.free_port()) for name in (*PORT_NAMES, "REDIS_PORT")})
     env.update({"DJANGO_VAR_DIR": str(tmp_path / "var"), "UP_TIMEOUT": "90"})
     return env
 
@@ -202,9 +204,17 @@ def test_up_serves_every_port_and_ctrl_c_stops_every_process(
         for name, interface in (("NGINX_WSGI_PORT", "wsgi"), ("NGINX_ASGI_PORT", "asgi")):
             response = httpx.get(f"http://127.0.0.1:{launcher_env[name]}/async/hello/")
             assert response.headers["x-interface"] == interface
+        # The event bus: a local redis-server (this machine has one), in the table.
+        redis_url = f"redis://127.0.0.1:{launcher_env['REDIS_PORT']}"
+        assert up.answers(redis_url)
+        assert f"  {redis_url}  Redis: the event bus" in launcher.output()
+        # showcase:begin
+        assert_the_bus_delivers(launcher_env)
+        # showcase:end
 
         started |= process_tree(launcher.process.pid)
         commands = " | ".join(command_of(pid) for pid in started)
+        assert f"redis-server 127.0.0.1:{launcher_env['REDIS_PORT']}" in commands
         assert "nginx: master process" in commands
         assert "nginx: worker process" in commands
         assert commands.count("deploy/gunicorn/") >= 2  # both masters (workers fork from them)
@@ -268,6 +278,10 @@ def test_up_under_supervisor_serves_every_port_and_ctrl_c_stops_every_process(
         assert sum("--fd 0" in command for command in commands) == 2, commands
         assert sum("--bind fd://0" in command for command in commands) >= 2, commands
         assert any("nginx: master process" in command for command in commands)
+        assert any("redis-server" in command for command in commands)
+        # showcase:begin
+        assert_the_bus_delivers(launcher_env)
+        # showcase:end
 
         os.killpg(launcher.process.pid, signal.SIGINT)
         assert launcher.process.wait(timeout=90) == 0, launcher.output()
@@ -278,6 +292,36 @@ def test_up_under_supervisor_serves_every_port_and_ctrl_c_stops_every_process(
 
 
 # showcase:begin
+def assert_the_bus_delivers(env: dict[str, str]) -> None:
+    """POST to /sync/publish/ through nginx's WSGI entry; assert a WebSocket client on the ASGI
+    entry and an SSE client on the hybrid entry both receive the event."""
+    import json
+
+    from websockets.sync.client import connect
+    from websockets.typing import Origin
+
+    asgi = f"127.0.0.1:{env['NGINX_ASGI_PORT']}"
+    hybrid = f"http://127.0.0.1:{env['NGINX_HYBRID_PORT']}/async/live/"
+    with (
+        connect(f"ws://{asgi}/ws/live/", origin=Origin(f"http://{asgi}"), proxy=None) as feed,
+        httpx.Client(timeout=10, trust_env=False) as client,
+        client.stream("GET", hybrid, headers={"Accept": "text/event-stream"}) as stream,
+    ):
+        lines = stream.iter_lines()
+        # Subscribed once the first line (retry:) has come.
+        assert next(lines).startswith("retry: ")
+        publish = f"http://127.0.0.1:{env['NGINX_WSGI_PORT']}/sync/publish/"
+        client.get(publish)
+        token = client.cookies["csrftoken"]
+        answer = client.post(publish, json={"text": "up"}, headers={"X-CSRFToken": token})
+        assert answer.status_code == 202, answer.text
+        event = answer.json()["event"]
+        assert event["source"] == "sync view (wsgi)"
+        assert json.loads(feed.recv(10)) == event
+        data = next(line for line in lines if line.startswith("data: "))
+        assert json.loads(data.removeprefix("data: ")) == event
+
+
 def test_without_the_showcase_app_up_runs_no_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
     # A project that deleted apps/showcase by hand, its lines still here: the stack is the
     # servers and nginx alone (the upstream would die at once: no module apps.showcase).
@@ -318,6 +362,7 @@ def run_launcher(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         # showcase:begin
         ("UPSTREAM_PORT", "x", "UPSTREAM_PORT='x' is not a port number"),
         # showcase:end
+        ("REDIS_PORT", "0", "REDIS_PORT='0' is not a port number"),
         ("UP_TIMEOUT", "0", "UP_TIMEOUT='0' must be between 1 and 600 seconds"),
         ("PROCESS_MANAGER", "systemd", "PROCESS_MANAGER='systemd': use one of honcho, supervisor"),
         ("NGINX_ASGI_PORT", "-1", "NGINX_ASGI_PORT='-1' is not a port number"),
@@ -351,4 +396,47 @@ def test_up_under_supervisor_refuses_an_asgi_mode_it_cannot_run(
     done = run_launcher(launcher_env)
     assert done.returncode == 2
     assert "ASGI_MODE='asgi_gunicorn' does not apply under PROCESS_MANAGER" in done.stderr
+    assert not (Path(launcher_env["DJANGO_VAR_DIR"]) / "db.sqlite3").exists()
+
+
+def test_without_redis_the_bus_is_in_memory_in_one_asgi_worker(tmp_path: Path) -> None:
+    env = {"REDIS_SERVER_BINARY": str(tmp_path / "no-redis-here")}
+    assert up.local_redis(env) is None
+    stack = {service.name: service for service in up.services(up.child_environment(env), None)}
+    assert "redis" not in stack
+    assert stack["asgi"].env == {"WEB_CONCURRENCY": "1"}
+    assert "ONE worker: no Redis, the event bus is in memory" in stack["asgi"].description
+    assert stack["wsgi"].env == {}
+
+
+def test_with_redis_server_the_stack_runs_one_and_both_servers_use_it() -> None:
+    binary = "/usr/bin/redis-server"
+    env = up.child_environment({"REDIS_PORT": "8123"}, binary)
+    assert env["REDIS_URL"] == "redis://127.0.0.1:8123/0"
+    stack = up.services(env, None, binary)
+    assert stack[0].name == "redis"
+    assert stack[0].command[:3] == [binary, "--port", "8123"]
+    assert stack[0].health_url == "redis://127.0.0.1:8123"
+    assert all(service.env == {} for service in stack)
+
+
+def test_a_redis_url_from_the_environment_is_used_as_it_is() -> None:
+    env = {"REDIS_URL": "redis://redis.internal:6379/3"}
+    assert up.local_redis(env) is None
+    assert up.child_environment(env)["REDIS_URL"] == env["REDIS_URL"]
+    stack = up.services(up.child_environment(env), None)
+    assert "redis" not in [service.name for service in stack]
+    assert all(service.env == {} for service in stack)
+
+
+def test_under_supervisor_without_redis_up_refuses(launcher_env: dict[str, str]) -> None:
+    launcher_env.update(
+        {"PROCESS_MANAGER": "supervisor", "REDIS_SERVER_BINARY": "/nonexistent/redis-server"}
+    )
+    done = run_launcher(launcher_env)
+    if up.supervisord_binary() is None:
+        assert "supervisord is not installed" in done.stderr
+        return
+    assert done.returncode == 2
+    assert "an in-memory event bus would split" in done.stderr
     assert not (Path(launcher_env["DJANGO_VAR_DIR"]) / "db.sqlite3").exists()
