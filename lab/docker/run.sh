@@ -249,12 +249,13 @@ say "engine up in $(since "$t") s: Docker $("$docker" version --format '{{.Serve
 
 # --- Stand-in base images ----------------------------------------------------------------------------
 # No registry: the names the Dockerfile and compose.yaml ask for are built here from Debian
-# bookworm packages, and cached as one `docker save` tarball (the three share the minbase layer)
+# bookworm packages, and cached as one `docker save` tarball (the four share the minbase layer)
 # keyed by their inputs.
 python_image="python:$(sed -n 's/^ARG PYTHON_VERSION=//p' "$repo/Dockerfile")-slim-bookworm"
 nginx_image="nginx:$(sed -n 's/^ARG NGINX_VERSION=//p' "$repo/Dockerfile")-alpine"
 postgres_image=$(sed -n 's/^ *image: *\(postgres:[^ ]*\).*/\1/p' "$repo/compose.yaml" | head -n 1)
-standins=(python "$python_image" nginx "$nginx_image" postgres "$postgres_image")
+redis_image=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' "$repo/compose.yaml" | head -n 1)
+standins=(python "$python_image" nginx "$nginx_image" postgres "$postgres_image" redis "$redis_image")
 
 t=$(date +%s.%N)
 contexts=$workdir/standins
@@ -280,7 +281,7 @@ else
     done
     for pid in "${builds[@]}"; do wait "$pid"; done
     rm -f "$cache"/standins-*.tar
-    "$docker" save "$python_image" "$nginx_image" "$postgres_image" >"$tarball.partial"
+    "$docker" save "$python_image" "$nginx_image" "$postgres_image" "$redis_image" >"$tarball.partial"
     mv "$tarball.partial" "$tarball"
 fi
 for ((i = 0; i < ${#standins[@]}; i += 2)); do

@@ -60,6 +60,8 @@ APP_USER = "10001:10001"
 APP_UID = 10001
 NGINX_UID = 101
 POSTGRES_UID = 999
+# The official redis image's `redis` user (lab/docker/standins/redis keeps it).
+REDIS_UID = 999
 INTERFACE_HEADER = "X-Interface"
 # Bounds, not benchmarks: a cold build downloads every dependency from PyPI.
 BUILD_TIMEOUT = 900
@@ -361,10 +363,44 @@ class Stack:
             raise CheckFailed(f"PostgreSQL has {in_db!r} for item {item_id}, expected {name!r}")
         return f"item {item_id} {name!r}: written by WSGI, read by ASGI, row in PostgreSQL"
 
+    # showcase:begin
+    def an_event_published_through_wsgi_reaches_live_clients(self) -> str:
+        """POST /sync/publish/ on nginx's WSGI entry; a WebSocket client on the ASGI entry and
+        an SSE client on the hybrid entry both receive the event, through the redis service."""
+        from websockets.sync.client import connect
+        from websockets.typing import Origin
+
+        asgi = f"127.0.0.1:{self.ports['NGINX_ASGI_PORT']}"
+        publish = self.url("NGINX_WSGI_PORT", "/sync/publish/")
+        live = self.url("NGINX_HYBRID_PORT", "/async/live/")
+        with (
+            connect(f"ws://{asgi}/ws/live/", origin=Origin(f"http://{asgi}"), proxy=None) as feed,
+            httpx.Client(timeout=10, trust_env=False) as client,
+            client.stream("GET", live, headers={"Accept": "text/event-stream"}) as stream,
+        ):
+            lines = stream.iter_lines()
+            # The stream is subscribed once its first line (retry:) has come.
+            if not next(lines).startswith("retry: "):
+                raise CheckFailed(f"{live}: no retry: line first")
+            client.get(publish)
+            token = client.cookies.get("csrftoken") or ""
+            answer = client.post(publish, json={"text": "compose"}, headers={"X-CSRFToken": token})
+            if answer.status_code != 202:
+                raise CheckFailed(f"POST {publish}: HTTP {answer.status_code} {answer.text[:200]}")
+            event = answer.json()["event"]
+            got_ws = json.loads(feed.recv(10))
+            data = next(line for line in lines if line.startswith("data: "))
+            got_sse = json.loads(data.removeprefix("data: "))
+        if got_ws != event or got_sse != event:
+            raise CheckFailed(f"published {event}, WebSocket got {got_ws}, SSE got {got_sse}")
+        return f"event {event['id'][:8]} from {event['source']} reached both clients"
+
+    # showcase:end
+
     def containers_run_unprivileged_on_read_only_roots(self) -> str:
         """Each server (PID 1) runs as its image's user, and no root filesystem is writable."""
         containers = self.containers()
-        expected_uid = {"nginx": NGINX_UID, "db": POSTGRES_UID}
+        expected_uid = {"nginx": NGINX_UID, "db": POSTGRES_UID, "redis": REDIS_UID}
         results = []
         for name, entry in sorted(containers.items()):
             info = self.inspect(entry["Name"])
@@ -673,6 +709,12 @@ def main(argv: list[str] | None = None) -> int:
                 "a write through WSGI reads back through ASGI",
                 stack.a_write_through_wsgi_reads_back_through_asgi,
             )
+            # showcase:begin
+            report.check(
+                "an event published through WSGI reaches live clients",
+                stack.an_event_published_through_wsgi_reaches_live_clients,
+            )
+            # showcase:end
             report.check(
                 "containers run unprivileged on read-only roots",
                 stack.containers_run_unprivileged_on_read_only_roots,

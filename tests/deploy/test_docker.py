@@ -441,6 +441,32 @@ def test_a_database_url_from_the_environment_replaces_the_bundled_one() -> None:
         assert service_environment(services[name])["DATABASE_URL"] == url
 
 
+def test_the_servers_share_the_bundled_redis_as_their_channel_layer() -> None:
+    services = load_compose()["services"]
+    redis_service = services["redis"]
+    # The official image, built here from Debian's package when no registry is reachable
+    # (lab/docker/standins/redis).
+    assert re.fullmatch(r"redis:[0-9]+-bookworm", redis_service["image"]), redis_service["image"]
+    command = redis_service["command"]
+    # Pub/sub only: nothing saved; reached by other containers, without a password.
+    assert command[command.index("--save") + 1] == ""
+    assert command[command.index("--appendonly") + 1] == "no"
+    assert command[command.index("--protected-mode") + 1] == "no"
+    assert "ports" not in redis_service
+    assert "volumes" not in redis_service
+    assert redis_service["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    for name in APP_SERVICES:
+        assert service_environment(services[name])["REDIS_URL"] == "redis://redis:6379/0", name
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+def test_a_redis_url_from_the_environment_replaces_the_bundled_one() -> None:
+    url = "redis://cache.internal:6379/2"
+    services = load_compose({**COMPOSE_ENV, "REDIS_URL": url})["services"]
+    for name in APP_SERVICES:
+        assert service_environment(services[name])["REDIS_URL"] == url
+
+
 def test_the_servers_wait_for_migrations_and_nginx_waits_for_healthy_servers() -> None:
     services = load_compose()["services"]
     for name in APP_SERVICES:
