@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from lab.bench.analysis import Analysis, ceiling_rows
-from lab.bench.contenders import DJANGO_FREE, SANIC, STARLETTE, profile_of
+from lab.bench.contenders import DJANGO_FREE, SANIC, STARLETTE, SUPERVISOR_TWINS, profile_of
+from lab.bench.fanout import ON_TIME_MS, TRANSPORTS
 from lab.bench.plan import CEILING_SCENARIOS
 from lab.bench.stats import CellStats
 
@@ -70,6 +71,8 @@ def color(analysis: Analysis, contender: str) -> str:
     if profile_of(contender) in FRAMEWORK_COLORS:
         return FRAMEWORK_COLORS[profile_of(contender)]
     mode, _, profile = contender.partition("+")
+    # A supervisor mode in its gunicorn-master twin's colour, dotted (throughput.png).
+    mode = SUPERVISOR_TWINS.get(mode, mode)
     base = analysis.contenders.index(mode) if mode in analysis.contenders else 9
     offset = {"": 0, "stock": len(analysis.contenders), "bare": 2 * len(analysis.contenders)}
     return f"C{(base + offset.get(profile, 0)) % 10}"
@@ -117,7 +120,7 @@ def throughput_figure(analysis: Analysis) -> Figure | None:
                     [cell.rps.median - cell.rps.low for cell in cells],
                     [cell.rps.high - cell.rps.median for cell in cells],
                 ]
-                style = "--" if "+" in contender else "-"
+                style = ":" if contender in SUPERVISOR_TWINS else "--" if "+" in contender else "-"
                 axis.errorbar(
                     x,
                     y,
@@ -407,6 +410,61 @@ def sse_chart(analysis: Analysis, out: Path) -> str | None:
     return save(figure, out / "sse.png")
 
 
+def fanout_chart(analysis: Analysis, out: Path) -> str | None:
+    """Draw fanout.png: delivery latency and deliveries/s per transport over the rate."""
+    runs = analysis.results.get("fanout_runs") or []
+    runs = [run for run in runs if run["steps"]]
+    if not runs:
+        return None
+    figure, (latency, delivered) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for run_index, run in enumerate(runs):
+        for index, name in enumerate(TRANSPORTS):
+            steps = [step for step in run["steps"] if name in step["transports"]]
+            rates = [step["rate"] for step in steps]
+            figures = [step["transports"][name] for step in steps]
+            label = f"{name} ({run['clients']:,})" + (f" #{run_index + 1}" if run_index else "")
+            colour = f"C{index + 2 * run_index}"
+            latency.plot(
+                rates,
+                [max(f["p99_ms"], 0.1) for f in figures],
+                marker="o",
+                color=colour,
+                label=f"{label} p99",
+            )
+            latency.plot(
+                rates,
+                [max(f["p50_ms"], 0.1) for f in figures],
+                marker=".",
+                linestyle="--",
+                color=colour,
+                label=f"{label} p50",
+            )
+            delivered.plot(
+                rates, [f["events_per_s"] for f in figures], marker="o", color=colour, label=label
+            )
+        offered = [step["rate"] for step in run["steps"]]
+        delivered.plot(
+            offered,
+            [rate * run["connected"].get("websocket", 0) for rate in offered],
+            linestyle=":",
+            color="grey",
+            label="every event to every client" if run_index == 0 else None,
+        )
+    latency.axhline(ON_TIME_MS, color="red", linestyle=":", linewidth=1, label="100 ms")
+    latency.set_yscale("log")
+    latency.set_xlabel("events published per second")
+    latency.set_ylabel("delivery latency, ms (log)")
+    latency.set_title("Publish to client read")
+    delivered.set_xlabel("events published per second")
+    delivered.set_ylabel("deliveries per second, per transport")
+    delivered.set_title("Deliveries")
+    for axis in (latency, delivered):
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(f"Fan-out on {runs[0]['contender']} x{runs[0]['workers']} (Redis pub/sub)")
+    return save(figure, out / "fanout.png")
+
+
 def nginx_chart(analysis: Analysis, out: Path) -> str | None:
     """Draw direct against nginx throughput per mode (an unmeasured side as n/a)."""
     names: list[str] = []
@@ -456,6 +514,7 @@ def draw_all(analysis: Analysis, out: Path) -> list[str]:
         floor_chart,
         nginx_chart,
         sse_chart,
+        fanout_chart,
         memory_chart,
     ):
         name = draw(analysis, out)

@@ -31,9 +31,18 @@ from rich.progress import (
 
 from deploy import nginx
 from lab import servers
-from lab.bench import charts, machine, report, wrk
+from lab.bench import charts, infra, machine, report, wrk
 from lab.bench.analysis import analyse, scenario_dict
-from lab.bench.contenders import ContenderError, available_modes, parse_modes
+from lab.bench.contenders import (
+    SUPERVISOR_INSTALL_HINT,
+    SUPERVISOR_TWINS,
+    ContenderError,
+    available_modes,
+    parse_modes,
+    supervisor_installed,
+)
+from lab.bench.fanout import DEFAULT_RATES
+from lab.bench.fanout import PATHS as FANOUT_PATHS
 from lab.bench.infra import InfraError
 from lab.bench.plan import FLOOR_REQUESTS, Options, Plan, build, builtin_scenarios, default_cpus
 from lab.bench.runner import BenchError, Runner, hide_password, now, raise_open_files_limit
@@ -186,6 +195,32 @@ def parser() -> argparse.ArgumentParser:
         "without a server (default: on, off with --quick)",
     )
     p.add_argument(
+        "--supervisor",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run the supervisor process model (deploy/supervisor/run.sh): supervisor_wsgi "
+        "beside wsgi_gthread and supervisor_asgi beside asgi_uvicorn, on hello and json, the "
+        "same workers and CPUs; needs supervisord and 2 or more workers (default: off: it "
+        "would take the default run past 15 minutes)",
+    )
+    p.add_argument(
+        "--fanout",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run the fan-out: a private redis-server, asgi_uvicorn with --workers workers "
+        "on it, N WebSocket (/ws/live/) and N SSE (/async/live/) clients, events published at "
+        "each --fanout-rates step until the clients no longer keep up (default: off; needs "
+        "redis-server and the showcase's live feed)",
+    )
+    p.add_argument(
+        "--fanout-clients", type=int, help="clients per transport in the fan-out (default: 1000)"
+    )
+    p.add_argument(
+        "--fanout-rates",
+        help="comma-separated events/s, stepped up in order (default: 10,50,100,200)",
+    )
+    p.add_argument("--fanout-step", type=float, help="seconds per fan-out rate (default: 5)")
+    p.add_argument(
         "--floor-requests",
         type=int,
         help=f"requests per timed batch of the floor, one batch per repeat (default: "
@@ -282,6 +317,37 @@ def fixtures(paths: Sequence[Path], url: str | None) -> tuple[Path, ...]:
     return tuple(path.absolute() for path in paths)
 
 
+def fanout_wanted(chosen: bool) -> bool:
+    """Return --fanout checked: the live feed's paths known (the showcase), redis-server here."""
+    if not chosen:
+        return False
+    if not FANOUT_PATHS:
+        raise UsageError("--fanout needs the showcase's live feed (/ws/live/, /async/live/)")
+    if infra.redis_binary() is None:
+        raise UsageError(infra.REDIS_INSTALL_HINT)
+    return True
+
+
+def supervisor(chosen: bool, modes: Sequence[str], workers: int) -> bool:
+    """Return --supervisor checked: supervisord installed, a twin mode chosen, 2+ workers."""
+    if not chosen:
+        return False
+    if not supervisor_installed():
+        raise UsageError(SUPERVISOR_INSTALL_HINT)
+    twins = [twin for twin in SUPERVISOR_TWINS.values() if twin in modes]
+    if not twins:
+        raise UsageError(
+            "--supervisor compares with "
+            + " and ".join(SUPERVISOR_TWINS.values())
+            + ": choose one of them in --modes"
+        )
+    if workers < 2:
+        raise UsageError(
+            "--supervisor needs --workers 2 or more (deploy/supervisor/run.sh refuses fewer)"
+        )
+    return True
+
+
 def options_from(args: argparse.Namespace) -> Options:
     """Return the run's options from the command line (--quick fills what is not given)."""
     quick: dict[str, Any] = QUICK if args.quick else {}
@@ -297,7 +363,7 @@ def options_from(args: argparse.Namespace) -> Options:
     for path in args.scenario:
         user += load_file(path)
     scenarios = builtin_scenarios(tuple(endpoints)) + user
-    if not scenarios and STREAM not in endpoints:
+    if not scenarios and STREAM not in endpoints and not args.fanout:
         raise UsageError(NOTHING_TO_MEASURE)
     names = [scenario.name for scenario in scenarios]
     if len(set(names)) != len(names):
@@ -324,6 +390,13 @@ def options_from(args: argparse.Namespace) -> Options:
         bare=not args.no_bare,
         frameworks=not args.quick if args.frameworks is None else args.frameworks,
         floor=not args.quick if args.floor is None else args.floor,
+        supervisor=supervisor(args.supervisor, modes, args.workers),
+        fanout=fanout_wanted(args.fanout),
+        fanout_clients=int(
+            positive(args.fanout_clients, "--fanout-clients", 1000, low=1, high=10_000)
+        ),
+        fanout_rates=parse_levels(args.fanout_rates or ",".join(map(str, DEFAULT_RATES))),
+        fanout_step_s=positive(args.fanout_step, "--fanout-step", 5.0, low=1, high=120),
         floor_requests=int(
             positive(args.floor_requests, "--floor-requests", FLOOR_REQUESTS, low=1, high=1e6)
         ),
@@ -365,7 +438,11 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[str]:
     (out / "results.json").write_text(
         json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8"
     )
-    drawn = charts.draw_all(analysis, out) if analysis.cells or results["sse_runs"] else []
+    drawn = (
+        charts.draw_all(analysis, out)
+        if analysis.cells or results["sse_runs"] or results.get("fanout_runs")
+        else []
+    )
     (out / "report.md").write_text(report.render(analysis, drawn), encoding="utf-8")
     return drawn
 
@@ -483,6 +560,7 @@ def run(
             "runs": runner.runs,
             "servers": runner.servers_started,
             "sse_runs": runner.sse_runs,
+            "fanout_runs": runner.fanout_runs,
             "floor_runs": runner.floor_runs,
             "commands": runner.commands,
         }
@@ -500,6 +578,7 @@ def run(
     if status == "complete":
         if not keep_work:
             shutil.rmtree(workdir, ignore_errors=True)
+            runner.cleanup()
         return 0
     console.print(f"[red]{status}: {message}[/red]")
     if stopped:

@@ -9,7 +9,10 @@ A contender is a serving mode running one application profile:
   Django at all, the server's ceiling);
 - the lean async frameworks as reference ceilings (lab.bench.frameworks), the showcase's
   hello and JSON answers without Django: "asgi_uvicorn+starlette" (Starlette on the shipped
-  asgi_uvicorn config) and "sanic" (Sanic on its own server, mode and profile "sanic").
+  asgi_uvicorn config) and "sanic" (Sanic on its own server, mode and profile "sanic");
+- the supervisor process model (deploy/supervisor/run.sh, `--supervisor`): "supervisor_wsgi"
+  (single-worker gunicorn masters on the socket supervisord holds) and "supervisor_asgi"
+  (uvicorn processes on theirs), the same worker count as the gunicorn-master contenders.
 
 Every server is started under `taskset` on the server CPUs, in a session of its own, and
 stopped by its PID with SIGTERM (lab.servers.Server), SIGKILL to its group as a last resort.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +37,16 @@ from lab import servers
 
 GRANIAN_MODES = ("granian_wsgi", "granian_asgi")
 ALL_MODES = (*servers.MODES, *GRANIAN_MODES)
+# supervisord's modes, each measured beside the gunicorn-master mode it replaces: the same
+# gunicorn config (run.sh's default WSGI_MODE) or the same uvicorn settings (asgi.conf).
+SUPERVISOR_TWINS = {"supervisor_wsgi": "wsgi_gthread", "supervisor_asgi": "asgi_uvicorn"}
+SUPERVISOR_MODES = tuple(SUPERVISOR_TWINS)
+SUPERVISOR_RUN = servers.REPO_ROOT / "deploy" / "supervisor" / "run.sh"
+SUPERVISOR_INSTALL_HINT = (
+    "supervisord is not installed: `sudo apt-get install supervisor`, or leave out --supervisor"
+)
+# What each supervised process logs once it serves (deploy/gunicorn/common.py; uvicorn).
+SUPERVISOR_READY = {"wsgi": r"Worker ready \(pid: \d+\)", "asgi": r"Application startup complete\."}
 # Sanic serves itself: a mode of its own, never a --modes choice (it cannot serve Django).
 SANIC = "sanic"
 STARLETTE = "starlette"
@@ -84,6 +98,8 @@ class Contender:
             return self.mode.removeprefix("granian_")
         if self.mode == SANIC:
             return "asgi"
+        if self.mode in SUPERVISOR_MODES:
+            return self.mode.removeprefix("supervisor_")
         return servers.interface_of_mode(self.mode)
 
     @property
@@ -111,6 +127,9 @@ class Contender:
                 "--no-access-logs",
                 "--no-motd",
             ]
+        if self.mode in SUPERVISOR_MODES:
+            # run.sh execs supervisord: the PID the harness holds is supervisord's.
+            return [str(SUPERVISOR_RUN)]
         if self.mode in GRANIAN_MODES:
             return [
                 granian_executable() or "granian",
@@ -129,8 +148,14 @@ class Contender:
         # Without an app argument the config's wsgi_app (the project) is served.
         return [*argv, self.app] if self.profile in DJANGO_FREE else argv
 
-    def env(self, port: int, workers: int, threads: int) -> dict[str, str | None]:
-        """Return the environment overrides the server runs with (None removes a name)."""
+    def env(
+        self, port: int, workers: int, threads: int, other_port: int = 0
+    ) -> dict[str, str | None]:
+        """Return the environment overrides the server runs with (None removes a name).
+
+        `other_port`: under supervisord, the socket of the interface not measured (default:
+        a free one).
+        """
         env: dict[str, str | None] = {
             "WEB_CONCURRENCY": str(workers),
             "GUNICORN_THREADS": str(threads),
@@ -140,6 +165,18 @@ class Contender:
         }
         if self.mode in (*GRANIAN_MODES, SANIC):
             env.update({"GUNICORN_CMD_ARGS": None, "BIND": None, "GUNICORN_THREADS": None})
+        if self.mode in SUPERVISOR_MODES:
+            # supervisord binds both interfaces' sockets: this one on `port`, the other (stopped
+            # once everything is up, see stop_other_interface) on a second free port.
+            other = "asgi" if self.interface == "wsgi" else "wsgi"
+            env.update(
+                {
+                    "BIND": None,
+                    f"{self.interface.upper()}_PORT": str(port),
+                    f"{other.upper()}_PORT": str(other_port or servers.free_port()),
+                    "WSGI_MODE": SUPERVISOR_TWINS["supervisor_wsgi"],
+                }
+            )
         return env
 
 
@@ -166,6 +203,51 @@ def wait_sanic_ready(server: servers.Server, workers: int, timeout: float = STAR
         return False
     time.sleep(SANIC_ACK_S)
     return server.running()
+
+
+def supervisor_installed() -> bool:
+    """Return whether supervisord can be run (PATH, or Debian's /usr/bin that run.sh adds)."""
+    return shutil.which("supervisord") is not None or Path("/usr/bin/supervisord").exists()
+
+
+def supervisor_log(run_dir: Path, name: str) -> str:
+    """Return a log of supervisord's run directory ("supervisord", "wsgi-0", ...), or ""."""
+    path = run_dir / f"{name}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_supervisor_ready(
+    server: servers.Server, run_dir: Path, workers: int, timeout: float = START_TIMEOUT
+) -> bool:
+    """Wait until every process of both interfaces logged that it serves (bounded).
+
+    supervisord answers once one process accepts; the others may still be importing Django.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.running():
+        if all(
+            re.search(SUPERVISOR_READY[interface], supervisor_log(run_dir, f"{interface}-{n}"))
+            for interface in SUPERVISOR_READY
+            for n in range(workers)
+        ):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def stop_other_interface(contender: Contender, env: Mapping[str, str]) -> str:
+    """Stop the interface `contender` does not measure (`run.sh ctl stop asgi:*`); return the
+    output. run.sh always starts both: the idle one would count in the memory and the CPUs."""
+    other = "asgi" if contender.interface == "wsgi" else "wsgi"
+    done = subprocess.run(  # noqa: S603  (our script, fixed arguments)
+        [str(SUPERVISOR_RUN), "ctl", "stop", f"{other}:*"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout + done.stderr
 
 
 def sanic_executable() -> str:
@@ -304,7 +386,14 @@ class ContenderLaunch:
     workers: int
     threads: int
     cpus: tuple[int, ...]
+    # supervisord's control socket, pid file and logs (SUPERVISOR_RUN_DIR): private per server.
+    run_dir: Path | None = None
+    other_port: int = 0
 
     def __call__(self, port: int) -> tuple[list[str], dict[str, str | None]]:
+        # taskset pins run.sh, so supervisord and every process it starts: affinity is inherited.
         argv = pinned(self.contender.argv(port, self.workers), self.cpus)
-        return argv, self.contender.env(port, self.workers, self.threads)
+        env = self.contender.env(port, self.workers, self.threads, self.other_port)
+        if self.run_dir is not None:
+            env["SUPERVISOR_RUN_DIR"] = str(self.run_dir)
+        return argv, env

@@ -1,4 +1,5 @@
-"""What stands around the servers under test: nginx in front (the showcase's upstream behind).
+"""What stands around the servers under test: nginx in front (the showcase's upstream behind),
+Redis beside them for the fan-out (the channel layer's pub/sub).
 
 Both run on the load generator's CPUs, not the server's: on a small machine they would
 otherwise take CPU from the server and measure the sharing, not the proxy hop or the wait.
@@ -7,6 +8,10 @@ The report says where each ran.
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,3 +98,77 @@ def start_nginx(
 
     server = launch(argv_for_port, env={}, workdir=workdir, timeout=30.0, on_spawn=on_spawn)
     return server, holder["config"]
+
+
+REDIS_INSTALL_HINT = (
+    "redis-server is not installed: `sudo apt-get install redis-server` (the fan-out needs it), "
+    "or leave out --fanout"
+)
+REDIS_START_TIMEOUT_S = 15.0
+
+
+def redis_binary() -> str | None:
+    """Return redis-server's path, or None."""
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+
+
+def redis_answers(port: int) -> bool:
+    """Return whether a Redis on 127.0.0.1:`port` answers PING."""
+    try:
+        with socket.create_connection((servers.HOST, port), timeout=1.0) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(
+    workdir: Path,
+    cpus: tuple[int, ...],
+    on_spawn: Callable[[servers.Server], object] | None = None,
+) -> servers.Server:
+    """Start a private redis-server on a free loopback port: no persistence, stopped by PID."""
+    binary = redis_binary()
+    if binary is None:
+        raise InfraError(REDIS_INSTALL_HINT)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = servers.free_port()
+    # Nothing written to disk (no RDB snapshots, no append-only file): a scratch bus.
+    argv = pinned(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            servers.HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--daemonize",
+            "no",
+        ],
+        cpus,
+    )
+    log_path = workdir / "redis.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(  # noqa: S603  (argv built here)
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = servers.Server(argv, process, port, log_path)
+    if on_spawn is not None:
+        on_spawn(server)
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    while time.monotonic() < deadline and server.running():
+        if redis_answers(port):
+            return server
+        time.sleep(0.1)
+    raise InfraError(f"redis-server did not answer on port {port}:\n{server.tail()}")

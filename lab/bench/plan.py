@@ -13,7 +13,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.bench.contenders import FRAMEWORK_CONTENDERS, FRAMEWORK_MODE, GRANIAN_MODES, Contender
+from lab.bench.contenders import (
+    FRAMEWORK_CONTENDERS,
+    FRAMEWORK_MODE,
+    GRANIAN_MODES,
+    SUPERVISOR_TWINS,
+    Contender,
+)
 from lab.bench.scenarios import BUILTIN, STREAM, Scenario
 
 # The default run's ceiling check: the bare apps (and the frameworks) at this many connections.
@@ -30,6 +36,8 @@ FLOOR_REQUEST_S = 400e-6
 # The profiles compared with "stock": the modes of targets 1 and 2.
 STOCK_MODES = ("asgi_uvicorn", "wsgi_sync")
 STOCK_SCENARIOS = ("hello", "json")
+# The supervisor contenders run the cells their gunicorn-master twin runs on these scenarios.
+SUPERVISOR_SCENARIOS = ("hello", "json")
 # granian is the optional contender: the default matrix gives it the showcase endpoints that
 # compare servers (hello, json, sleep) and skips the ones that compare Django code paths.
 GRANIAN_SCENARIOS = ("hello", "json", "sleep")
@@ -37,9 +45,16 @@ GRANIAN_SCENARIOS = ("hello", "json", "sleep")
 # and around each run.
 START_S = 3.0
 START_BARE_S = 1.5
+# supervisord: both interfaces' processes start (startsecs 2), then the idle one is stopped.
+START_SUPERVISOR_S = 6.0
 WARMUP_MAX_CONNECTIONS = 50
 RUN_OVERHEAD_S = 0.4
 SSE_GRACE_S = 3.0
+# The fan-out's rough costs: handshakes a second, and the wait after each step.
+FANOUT_CONNECTS_PER_S = 400
+FANOUT_DRAIN_S = 2.0
+# The fan-out runs on the ASGI mode whose workers are uvicorn's, with Redis as the bus.
+FANOUT_MODE = "asgi_uvicorn"
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,11 @@ class Options:
     bare: bool = True
     frameworks: bool = True
     floor: bool = True
+    supervisor: bool = False
+    fanout: bool = False
+    fanout_clients: int = 1000
+    fanout_rates: tuple[int, ...] = (10, 50, 100, 200)
+    fanout_step_s: float = 5.0
     floor_requests: int = FLOOR_REQUESTS
     sse_clients: tuple[int, ...] = (100, 1000)
     sse_events: int = 15
@@ -120,6 +140,17 @@ class FloorJob:
     scenarios: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class FanoutJob:
+    """The fan-out on one ASGI server: `clients` WebSockets and as many SSE streams."""
+
+    contender: Contender
+    workers: int
+    clients: int
+    rates: tuple[int, ...]
+    step_s: float
+
+
 @dataclass
 class Plan:
     """The whole run: the wrk groups, the SSE groups, the floor, and the scenarios by name."""
@@ -129,6 +160,7 @@ class Plan:
     scenarios: dict[str, Scenario]
     options: Options
     floor: list[FloorJob] = field(default_factory=list)
+    fanout: list[FanoutJob] = field(default_factory=list)
 
     def ordered(self, repeat: int) -> Iterator[tuple[Group, list[Cell]]]:
         """Yield the groups and their cells in the order of repeat `repeat` (0-based)."""
@@ -144,10 +176,7 @@ class Plan:
     def estimate_s(self) -> float:
         """Return how long the run should take, roughly, in seconds."""
         opts = self.options
-        starts = sum(
-            (START_BARE_S if group.contender.profile == "bare" else START_S) + opts.warmup_s
-            for group in self.groups
-        )
+        starts = sum(start_s(group.contender) + opts.warmup_s for group in self.groups)
         runs = self.cell_count() * opts.repeat * (opts.duration_s + RUN_OVERHEAD_S)
         stream_s = opts.sse_ramp_s + (opts.sse_events - 1) * opts.sse_interval_ms / 1000 + 1.0
         sse = sum(START_S + len(group.clients) * (stream_s + 1.0) for group in self.sse)
@@ -155,7 +184,20 @@ class Plan:
         floor = sum(
             FLOOR_START_S + len(job.scenarios) * requests * FLOOR_REQUEST_S for job in self.floor
         )
-        return starts + runs + sse + floor
+        fanout = sum(
+            START_S
+            + 2 * job.clients / FANOUT_CONNECTS_PER_S
+            + len(job.rates) * (job.step_s + FANOUT_DRAIN_S)
+            for job in self.fanout
+        )
+        return starts + runs + sse + floor + fanout
+
+
+def start_s(contender: Contender) -> float:
+    """Return roughly how long a contender's server takes to start."""
+    if contender.profile == "bare":
+        return START_BARE_S
+    return START_SUPERVISOR_S if contender.mode in SUPERVISOR_TWINS else START_S
 
 
 def warmups(group: Group) -> tuple[list[str], int]:
@@ -223,6 +265,8 @@ def build(options: Options) -> Plan:
             )
         if group.cells:
             groups.append(group)
+    if options.supervisor:
+        groups += supervisor_groups(options, scenarios)
     if options.stock:
         for mode in options.modes:
             if mode not in STOCK_MODES:
@@ -261,7 +305,39 @@ def build(options: Options) -> Plan:
         chosen = tuple(name for name in FLOOR_SCENARIOS if name in scenarios)
         interfaces = dict.fromkeys(contender.interface for contender in native)
         floor = [FloorJob(interface, chosen) for interface in interfaces if chosen]
-    return Plan(groups, sse, scenarios, options, floor)
+    fanout = []
+    if options.fanout:
+        fanout = [
+            FanoutJob(
+                Contender(FANOUT_MODE),
+                options.workers,
+                options.fanout_clients,
+                options.fanout_rates,
+                options.fanout_step_s,
+            )
+        ]
+    return Plan(groups, sse, scenarios, options, floor, fanout)
+
+
+def supervisor_groups(options: Options, scenarios: dict[str, Scenario]) -> list[Group]:
+    """Return a group per supervisor mode whose twin is chosen: the twin's hello and json cells.
+
+    Direct only: nginx in front is the same proxy hop whatever runs behind it.
+    """
+    groups = []
+    for mode, twin in SUPERVISOR_TWINS.items():
+        if twin not in options.modes:
+            continue
+        contender = Contender(mode)
+        group = Group(contender, options.workers)
+        for name in SUPERVISOR_SCENARIOS:
+            if name in scenarios:
+                group.cells += [
+                    Cell(contender.name, name, c) for c in levels(scenarios[name], options)
+                ]
+        if group.cells:
+            groups.append(group)
+    return groups
 
 
 def default_cpus() -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -6,6 +6,7 @@ workers), so every figure is taken over the whole tree under the PID the harness
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -55,6 +56,45 @@ def tree(pid: int) -> list[int]:
     return result
 
 
+def start_time(pid: int) -> int | None:
+    """Return when `pid` started (ticks since boot), None when it is gone or a zombie.
+
+    With the PID, it names one process: a PID reused by a newer one has another start time.
+    """
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+@dataclass(frozen=True)
+class Descendants:
+    """The processes under a root at one moment, each named by PID and start time."""
+
+    started: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, pid: int) -> Descendants:
+        """Return the descendants of `pid` now (the root itself is not one)."""
+        found = []
+        for child in tree(pid)[1:]:
+            when = start_time(child)
+            if when is not None:
+                found.append((child, when))
+        return cls(tuple(found))
+
+    def alive(self, timeout: float = 0.0) -> list[int]:
+        """Return those still running after waiting up to `timeout` s for them to end."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [pid for pid, when in self.started if start_time(pid) == when]
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.1)
+
+
 def read_stat(pid: int) -> tuple[int, int] | None:
     """Return (parent pid, utime + stime in ticks) of `pid`, or None when it is gone."""
     try:
@@ -85,6 +125,19 @@ def rss_bytes(pid: int) -> int:
 def threads(pid: int) -> int:
     """Return how many threads `pid` runs, 0 when it is gone."""
     return status_field(pid, "Threads")
+
+
+def sockets(pid: int) -> int:
+    """Return how many sockets `pid` holds open (connections, listeners, Redis), 0 when gone."""
+    try:
+        fds = list((PROC / str(pid) / "fd").iterdir())
+    except OSError:
+        return 0
+    count = 0
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
 
 
 def cpu_seconds(pids: list[int]) -> float:

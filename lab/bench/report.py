@@ -6,7 +6,10 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
+from lab.bench import fanout
 from lab.bench.analysis import Analysis, ceiling_rows, verdict_lines
+from lab.bench.contenders import SUPERVISOR_TWINS
+from lab.bench.fanout import ON_TIME_MS
 from lab.bench.plan import CEILING_SCENARIOS
 from lab.bench.stats import CellStats, Spread
 from lab.bench.targets import NGINX_RULE, nginx_costs, nginx_verdict
@@ -203,6 +206,10 @@ def throughput_section(analysis: Analysis) -> list[str]:
 def contender_order(analysis: Analysis, contender: str) -> tuple[int, str]:
     """Return a sort key: the chosen modes' order, then profiles."""
     mode, _, profile = contender.partition("+")
+    # A supervisor mode right after its gunicorn-master twin.
+    twin = SUPERVISOR_TWINS.get(mode)
+    if twin is not None:
+        mode, profile = twin, " " + mode
     index = analysis.contenders.index(mode) if mode in analysis.contenders else 99
     return index, profile
 
@@ -328,6 +335,58 @@ def floor_section(analysis: Analysis) -> list[str]:
     ]
 
 
+def process_model_section(analysis: Analysis) -> list[str]:
+    """Return each supervisor mode against its gunicorn-master twin, cell by cell."""
+    rows = []
+    for mode, twin in SUPERVISOR_TWINS.items():
+        for cell in analysis.cells.values():
+            if cell.contender != mode or cell.via != "direct" or not cell.measured:
+                continue
+            master = analysis.cells.get(cell.key.replace(mode + "|", twin + "|", 1))
+            if master is None or not master.measured or not master.rps.median:
+                continue
+            rows.append(
+                [
+                    f"{twin} / {mode}",
+                    f"{cell.scenario} c={cell.concurrency}",
+                    f"{master.rps.median:,.0f}",
+                    f"{cell.rps.median:,.0f}",
+                    f"{cell.rps.median / master.rps.median:.2f}x",
+                    f"{master.p50_ms.median:.1f} / {cell.p50_ms.median:.1f}",
+                    f"{master.p99_ms.median:.1f} / {cell.p99_ms.median:.1f}",
+                    f"{mib(master.server_peak_rss)} / {mib(cell.server_peak_rss)}",
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "## Process model: a gunicorn master or supervisord",
+        "",
+        "The same worker count on the same CPUs: gunicorn's master with its workers (the "
+        "shipped config), against deploy/supervisor/run.sh: supervisord holding the socket, "
+        "with single-worker gunicorn masters (WSGI, the same gthread config) or uvicorn "
+        "processes started with `--fd 0` (ASGI, asgi.conf). The interface not measured is "
+        "stopped once everything is up. RSS: every process of the tree (supervisord, masters, "
+        "workers), peak. supervisor_asgi keeps asgi.conf's `--limit-max-requests`: a uvicorn "
+        "process is replaced every ~10,000 requests during the runs, where the gunicorn "
+        "contenders run with recycling off.",
+        "",
+        *table(
+            [
+                "master / supervisor",
+                "scenario",
+                "master req/s",
+                "supervisor req/s",
+                "supervisor against master",
+                "p50 (ms)",
+                "p99 (ms)",
+                "RSS",
+            ],
+            rows,
+        ),
+    ]
+
+
 def nginx_section(analysis: Analysis) -> list[str]:
     """Return the direct-against-nginx table."""
     rows = []
@@ -436,6 +495,120 @@ def sse_section(analysis: Analysis) -> list[str]:
             rows,
         ),
     ]
+
+
+def fanout_section(analysis: Analysis) -> list[str]:
+    """Return the fan-out: delivery latency per transport and rate, memory per connection."""
+    lines: list[str] = []
+    for run in analysis.results.get("fanout_runs") or []:
+        clients = run["clients"]
+        connected = run["connected"]
+        rows = []
+        for step in run["steps"]:
+            for name, figures in step["transports"].items():
+                rows.append(
+                    [
+                        f"{step['rate']}/s",
+                        f"{step['achieved_rate']:.0f}/s",
+                        name,
+                        f"{figures['received']:,} of {figures['expected']:,}",
+                        f"{figures['events_per_s']:,.0f}",
+                        f"{figures['p50_ms']:.0f} / {figures['p99_ms']:.0f} / "
+                        f"{figures['max_ms']:.0f}",
+                        f"{100 * figures['on_time_share']:.1f}%",
+                        f"{step.get('server_cpu_us_per_delivery', 0):,.0f}",
+                        f"{step['client_cpu_percent']:.0f}%",
+                        "yes" if step["keeps_up"] else "**no**",
+                    ]
+                )
+        added = fanout_per_connection(run)
+        memory = run["memory"]
+        rest_worker = max(memory["rest"]["worker_rss"], default=0)
+        held = memory.get("sse") or memory.get("websocket") or memory["rest"]
+        first = next(iter(run["steps"]), None)
+        target_p99 = (
+            max(figures["p99_ms"] for figures in first["transports"].values()) if first else None
+        )
+        projected = rest_worker + 1000 * added.get("websocket", 0.0)
+        lines += [
+            f"### {run['contender']} x{run['workers']}: {clients:,} WebSockets + {clients:,} "
+            "SSE streams",
+            "",
+            f"- **Connected**: {connected.get('websocket', 0):,} WebSockets "
+            f"(`{run['paths'].get('websocket', '?')}`), {connected.get('sse', 0):,} SSE streams "
+            f"(`{run['paths'].get('sse', '?')}`) in {run['connect_s']:.1f} s"
+            + (f"; client errors {run['errors']}" if any(run["errors"].values()) else ""),
+            f"- **Keeps up to**: {fanout_keeps_up(run)} (each step {run['step_s']:g} s, then "
+            "stopped after the first it did not keep up with)",
+            "- **Target, p99 <= 100 ms for "
+            f"{connected.get('websocket', 0) + connected.get('sse', 0):,} clients at "
+            f"{first['rate'] if first else '?'} events/s** (reported, not asserted): "
+            + (
+                f"p99 {target_p99:.0f} ms, {'met' if target_p99 <= ON_TIME_MS else '**not met**'}"
+                if target_p99 is not None
+                else "not measured"
+            ),
+            "- **Memory per connection** (workers' RSS added, divided by the clients): "
+            + ", ".join(f"{name} {value / 1024:,.0f} KiB" for name, value in added.items())
+            + f"; workers at rest {' + '.join(mib(v) for v in memory['rest']['worker_rss'])}, "
+            f"holding every client {' + '.join(mib(v) for v in held['worker_rss'])} "
+            f"(sockets per worker: {', '.join(map(str, held['worker_sockets']))})",
+            "- **Target, one ASGI worker holding 1,000 WebSockets < 150 MB RSS** (reported, not "
+            f"asserted): {mib(projected)} projected (the largest worker at rest plus 1,000 x the "
+            f"WebSocket cost above), {'met' if projected < 150e6 else '**not met**'}",
+            f"- **Server CPU** over the whole fan-out: {run['server']['cpu_percent']:.0f}% of "
+            f"one core, while other processes used "
+            f"{run['server']['foreign_cpu_percent']:.0f}% of the server's CPUs; Redis RSS "
+            f"{mib(run.get('redis_rss', 0))}",
+            "",
+            *table(
+                [
+                    "offered",
+                    "published",
+                    "transport",
+                    "delivered",
+                    "deliveries/s",
+                    "latency p50 / p99 / max (ms)",
+                    "on time (<= 100 ms)",
+                    "server CPU µs/delivery",
+                    "client CPU",
+                    "keeps up",
+                ],
+                rows,
+            ),
+        ]
+    if not lines:
+        return []
+    return [
+        "## Fan-out: one event to many WebSocket and SSE clients",
+        "",
+        "A private redis-server (no persistence, on the load generator's CPUs) is the channel "
+        "layer; the ASGI server runs with REDIS_URL. Every client subscribes to the live group "
+        "(WebSocket: the consumer; SSE: the async stream). The harness publishes straight into "
+        "the channel layer, each event stamped with the time it was sent; latency is that "
+        "stamp to the client's read, on one clock. Published: the rate the publisher achieved "
+        "(below offered, the harness's own loop fell behind). Deliveries/s: from the step's "
+        "first publish to its last delivery. Server CPU per delivery: the server's processes "
+        "over the step (publish and drain), divided by the deliveries. A step keeps up when each "
+        "transport received 99% of its events with a p99 of 100 ms or less. The clients and "
+        "the publisher share one asyncio process on one CPU: client CPU near 100% means "
+        "the client, not only the server, may be what is late.",
+        "",
+        *lines,
+    ]
+
+
+def fanout_per_connection(run: dict[str, Any]) -> dict[str, float]:
+    """Return the workers' RSS added per connection of each transport, in bytes."""
+    return fanout.per_connection(run["memory"], run["connected"])
+
+
+def fanout_keeps_up(run: dict[str, Any]) -> str:
+    """Return the highest rate every transport kept up with, in words."""
+    kept = [step["rate"] for step in run["steps"] if step["keeps_up"]]
+    if not kept:
+        return "no rate measured kept up"
+    return f"{max(kept)} events/s ({max(kept) * run['clients'] * 2:,} deliveries/s)"
 
 
 def memory_section(analysis: Analysis) -> list[str]:
@@ -602,8 +775,10 @@ def render(analysis: Analysis, charts: Sequence[str]) -> str:
     lines += throughput_section(analysis)
     lines += ceiling_section(analysis)
     lines += floor_section(analysis)
+    lines += process_model_section(analysis)
     lines += nginx_section(analysis)
     lines += sse_section(analysis)
+    lines += fanout_section(analysis)
     lines += memory_section(analysis)
     lines += checks_section(analysis)
     lines += charts_section(charts)

@@ -15,8 +15,10 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -24,15 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from lab import manage, servers
-from lab.bench import floor, infra, procs, sse, wrk
+from lab.bench import fanout, floor, infra, procs, sse, wrk
 from lab.bench.contenders import (
     SANIC,
     START_TIMEOUT,
+    SUPERVISOR_MODES,
     Contender,
     ContenderLaunch,
     launch,
     pinned,
+    stop_other_interface,
+    supervisor_log,
     wait_sanic_ready,
+    wait_supervisor_ready,
 )
 from lab.bench.plan import (
     FLOOR_REQUEST_S,
@@ -40,6 +46,7 @@ from lab.bench.plan import (
     FLOOR_WARMUP,
     SSE_GRACE_S,
     Cell,
+    FanoutJob,
     FloorJob,
     Group,
     Plan,
@@ -57,6 +64,8 @@ SETTLE_TIMEOUT_S = 120.0
 SETTLED_S = 0.5
 # The floor of one interface: Django's import plus its timed requests, with a wide margin.
 FLOOR_TIMEOUT_S = 300.0
+# The longest path a Unix socket may have (sun_path holds 108 bytes with the final NUL).
+SOCKET_PATH_MAX = 107
 
 Notify = Callable[[str], None]
 
@@ -173,8 +182,10 @@ class Runner:
         self.servers_started: list[dict[str, Any]] = []
         self.sse_runs: list[dict[str, Any]] = []
         self.floor_runs: list[dict[str, Any]] = []
+        self.fanout_runs: list[dict[str, Any]] = []
         self.commands: dict[str, Any] = {}
         self.sequence = 0
+        self.scratch: list[Path] = []
 
     # --- processes -------------------------------------------------------------------------
 
@@ -186,7 +197,30 @@ class Runner:
     def stop(self, server: servers.Server) -> int:
         """Stop one started process by its PID and forget it; return its exit status."""
         self.running = [(label, s) for label, s in self.running if s is not server]
-        return server.stop(timeout=STOP_TIMEOUT_S)
+        left = procs.Descendants.of(server.pid)
+        status = server.stop(timeout=STOP_TIMEOUT_S)
+        self.check_left(server, left)
+        return status
+
+    def check_left(self, server: servers.Server, left: procs.Descendants) -> str:
+        """Kill by PID whatever of a stopped server's tree outlived it; say what, if anything.
+
+        supervisord starts each program in a process group of its own, so the group kill of
+        lab.servers cannot reach them: a supervised process that outlived supervisord (it should
+        not) is found here, from the tree read just before the stop.
+        """
+        survivors = left.alive(timeout=5.0)
+        if not survivors:
+            return ""
+        for pid in survivors:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        record = next((r for r in self.servers_started if r["pid"] == server.pid), None)
+        if record is not None:
+            record["left_after_stop"] = survivors
+        message = f"{len(survivors)} process(es) outlived pid {server.pid}, killed: {survivors}"
+        self.notify(message)
+        return message
 
     def stop_all(self) -> list[str]:
         """Stop wrk and every started process, newest first; return what was stopped."""
@@ -205,11 +239,15 @@ class Runner:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             # SIGTERM to all first, so they shut down side by side, then wait for each.
+            trees = {server.pid: procs.Descendants.of(server.pid) for _, server in self.running}
             for _, server in self.running:
                 server.send_signal(signal.SIGTERM)
             for label, server in reversed(self.running):
                 status = server.stop(timeout=STOP_TIMEOUT_S)
-                stopped.append(f"{label} (pid {server.pid}, exit {status})")
+                left = self.check_left(server, trees[server.pid])
+                stopped.append(
+                    f"{label} (pid {server.pid}, exit {status})" + (f": {left}" if left else "")
+                )
         finally:
             signal.signal(signal.SIGINT, previous)
         self.running.clear()
@@ -234,15 +272,29 @@ class Runner:
             self.notify(f"upstream on {self.upstream.base_url} (pid {self.upstream.pid})")
         # showcase:end
 
-    def start_server(self, contender: Contender, workers: int, tag: str) -> servers.Server:
+    def start_server(
+        self,
+        contender: Contender,
+        workers: int,
+        tag: str,
+        extra_env: dict[str, str | None] | None = None,
+    ) -> servers.Server:
         """Start a fresh server for `contender`; record its command and resting memory."""
-        command = ContenderLaunch(
-            contender, workers, self.options.threads, self.options.server_cpus
-        )
         workdir = self.workdir / "servers" / tag
+        supervised = contender.mode in SUPERVISOR_MODES
+        run_dir = self.supervisor_run_dir(workdir) if supervised else None
+        command = ContenderLaunch(
+            contender,
+            workers,
+            self.options.threads,
+            self.options.server_cpus,
+            run_dir=run_dir,
+            other_port=servers.free_port() if supervised else 0,
+        )
+        env = {**self.env, **(extra_env or {})}
         server = launch(
             command,
-            env=self.env,
+            env=env,
             workdir=workdir,
             on_spawn=lambda started: self.register(contender.name, started),
         )
@@ -255,6 +307,16 @@ class Runner:
         elif contender.mode == SANIC:
             if not wait_sanic_ready(server, workers):
                 raise BenchError(f"{contender.name}: not every worker booted:\n{server.tail()}")
+        elif run_dir is not None:
+            if not wait_supervisor_ready(server, run_dir, workers):
+                log = supervisor_log(run_dir, "supervisord")[-3000:]
+                raise BenchError(f"{contender.name}: not every process serves:\n{log}")
+            child_env = servers.merged_environment(
+                {**env, **command(server.port)[1], "SUPERVISOR_RUN_DIR": str(run_dir)}
+            )
+            said = stop_other_interface(contender, child_env)
+            if "stopped" not in said:
+                raise BenchError(f"{contender.name}: could not stop the other interface: {said}")
         else:
             time.sleep(0.5)
         rest = procs.snapshot(server.pid)
@@ -264,7 +326,7 @@ class Runner:
             "workers": workers,
             "pid": server.pid,
             "argv": server.argv,
-            "env": shown_env({**self.env, **command(server.port)[1]}),
+            "env": shown_env({**env, **command(server.port)[1]}),
             "rest_rss": rest.total,
             "rest_worker_rss": sorted(rest.worker_rss.values()),
             "log": str(server.log_path),
@@ -272,6 +334,25 @@ class Runner:
         self.servers_started.append(record)
         self.notify(f"started {contender.name} x{workers} (pid {server.pid}, port {server.port})")
         return server
+
+    def supervisor_run_dir(self, workdir: Path) -> Path:
+        """Return a run directory for supervisord whose control socket path fits AF_UNIX.
+
+        A socket path is at most 107 bytes; under a deep work directory (pytest's) supervisord
+        refuses to start, so the directory goes to a short one, removed by `cleanup()`.
+        """
+        run_dir = workdir / "supervisor"
+        if len(str(run_dir / "supervisor.sock")) <= SOCKET_PATH_MAX:
+            return run_dir
+        short = Path(tempfile.mkdtemp(prefix="dualserve-sv-"))
+        self.scratch.append(short)
+        return short
+
+    def cleanup(self) -> None:
+        """Remove the directories made outside the work directory (after a complete run)."""
+        for path in self.scratch:
+            shutil.rmtree(path, ignore_errors=True)
+        self.scratch.clear()
 
     # --- the plan --------------------------------------------------------------------------
 
@@ -311,6 +392,8 @@ class Runner:
         self.stop_all()
         for sse_group in self.plan.sse:
             self.run_sse(sse_group)
+        for fanout_job in self.plan.fanout:
+            self.run_fanout(fanout_job)
 
     def start_group(self, group: Group) -> tuple[servers.Server, servers.Server | None]:
         """Start the group's server and, when a cell needs it, nginx in front; warm it up."""
@@ -579,6 +662,79 @@ class Runner:
                 time.sleep(1.0)
         finally:
             self.stop(server)
+
+    # --- fan-out: one event to many clients -----------------------------------------------
+
+    def run_fanout(self, job: FanoutJob) -> None:
+        """Redis, then a fresh ASGI server on it; N WebSockets + N SSE streams; the rates."""
+        opts = self.options
+        redis = infra.start_redis(
+            self.workdir / "redis",
+            opts.load_cpus,
+            on_spawn=lambda started: self.register("redis-server", started),
+        )
+        redis_url = f"redis://{servers.HOST}:{redis.port}/0"
+        self.commands["redis"] = redis.argv
+        contender = job.contender
+        server: servers.Server | None = None
+        try:
+            server = self.start_server(
+                contender, job.workers, f"fanout-{contender.name}", {"REDIS_URL": redis_url}
+            )
+            self.advance(3.0, f"started {contender.name} for the fan-out")
+            pid = server.pid
+            self.notify(
+                f"fan-out {contender.name} x{job.workers}: {job.clients:,} WebSockets + "
+                f"{job.clients:,} SSE, rates {', '.join(map(str, job.rates))}/s"
+            )
+
+            def stepped(step: dict[str, Any]) -> None:
+                shown = "; ".join(
+                    f"{name} p99 {figures['p99_ms']:.0f} ms, "
+                    f"{100 * figures['delivered_share']:.1f}% delivered"
+                    for name, figures in step["transports"].items()
+                )
+                self.notify(f"fan-out {step['rate']}/s: {shown}")
+                self.advance(job.step_s + 2.0, f"fan-out {step['rate']}/s")
+
+            with procs.Sampler(pid, opts.server_cpus) as sampler:
+                result = fanout.run(
+                    servers.HOST,
+                    server.port,
+                    redis_url,
+                    job.clients,
+                    job.rates,
+                    job.step_s,
+                    lambda: memory_of(pid),
+                    lambda: procs.cpu_seconds(procs.tree(pid)),
+                    stepped,
+                )
+            self.fanout_runs.append(
+                {
+                    "contender": contender.name,
+                    "workers": job.workers,
+                    "paths": dict(fanout.PATHS),
+                    **result,
+                    "server": usage_dict(sampler.usage),
+                    "redis_rss": procs.rss_bytes(redis.pid),
+                    "redis_pid": redis.pid,
+                }
+            )
+        finally:
+            if server is not None:
+                self.stop(server)
+            self.stop(redis)
+
+
+def memory_of(pid: int) -> dict[str, Any]:
+    """Return a server tree's memory now, and how many sockets each worker holds."""
+    shot = procs.snapshot(pid)
+    return {
+        "total_rss": shot.total,
+        "workers_rss": sum(shot.worker_rss.values()),
+        "worker_rss": sorted(shot.worker_rss.values()),
+        "worker_sockets": sorted(procs.sockets(worker) for worker in shot.worker_rss),
+    }
 
 
 def usage_dict(usage: procs.Usage) -> dict[str, Any]:

@@ -32,7 +32,10 @@ from lab.bench import (
     bare,
     charts,
     cli,
+    contenders,
+    fanout,
     floor,
+    infra,
     plan,
     procs,
     report,
@@ -45,6 +48,7 @@ from lab.bench import (
 from lab.bench.contenders import (
     FRAMEWORK_CONTENDERS,
     SANIC,
+    SUPERVISOR_RUN,
     Contender,
     ContenderError,
     ContenderLaunch,
@@ -569,6 +573,82 @@ def test_ceilings_answer_hello_and_json_and_the_bare_json_runs_beside_the_framew
     assert "asgi_uvicorn+starlette" not in names
     assert without.floor == []
     assert without.estimate_s() < built.estimate_s()
+
+
+def test_supervisor_contenders_run_their_twins_hello_and_json_cells_when_asked() -> None:
+    chosen = plan.builtin_scenarios(("hello", "json", "sleep"))
+    base = options(modes=("wsgi_gthread", "asgi_uvicorn"), scenarios=tuple(chosen))
+    without = plan.build(base)
+    built = plan.build(dataclasses.replace(base, supervisor=True))
+    cells = {group.contender.name: [c.key for c in group.cells] for group in built.groups}
+    for mode, twin in (("supervisor_wsgi", "wsgi_gthread"), ("supervisor_asgi", "asgi_uvicorn")):
+        # The twin's direct hello and json cells, at the same levels; sleep and nginx not.
+        assert cells[mode] == [
+            key.replace(twin, mode)
+            for key in cells[twin]
+            if key.endswith("direct") and "|sleep|" not in key
+        ]
+        assert f"{mode}|hello|c10|direct" in cells[mode]
+    assert built.estimate_s() > without.estimate_s()
+    # Only beside a twin that is chosen.
+    only_asgi = plan.build(dataclasses.replace(base, modes=("asgi_uvicorn",), supervisor=True))
+    assert "supervisor_wsgi" not in [group.contender.name for group in only_asgi.groups]
+
+
+def test_supervisor_is_opt_in_and_refused_where_it_cannot_run() -> None:
+    assert args_of().supervisor is False
+    assert args_of("--no-supervisor").supervisor is False
+    with pytest.raises(cli.UsageError, match="--workers 2 or more"):
+        args_of("--supervisor", "--workers", "1")
+    with pytest.raises(cli.UsageError, match="choose one of them"):
+        args_of("--supervisor", "--modes", "wsgi_sync")
+
+
+def test_fanout_is_opt_in_and_planned_on_asgi_uvicorn() -> None:
+    assert args_of().fanout is False
+    assert plan.build(args_of()).fanout == []
+    built = plan.build(options(fanout=True, fanout_clients=20, fanout_rates=(10, 50)))
+    (job,) = built.fanout
+    assert (job.contender.name, job.workers, job.clients, job.rates) == (
+        "asgi_uvicorn",
+        2,
+        20,
+        (10, 50),
+    )
+    assert built.estimate_s() > plan.build(options()).estimate_s()
+
+
+def test_a_fanout_step_keeps_up_only_when_every_transport_does() -> None:
+    on_time = {"delivered_share": 1.0, "p99_ms": 40.0}
+    late = {"delivered_share": 1.0, "p99_ms": 140.0}
+    lost = {"delivered_share": 0.9, "p99_ms": 40.0}
+    assert fanout.Step(10, 50, 5.0, 10.0, {"websocket": on_time, "sse": on_time}).keeps_up
+    assert not fanout.Step(10, 50, 5.0, 10.0, {"websocket": on_time, "sse": late}).keeps_up
+    assert not fanout.Step(10, 50, 5.0, 10.0, {"websocket": lost, "sse": on_time}).keeps_up
+
+
+def test_fanout_memory_per_connection_is_each_transports_own_increase() -> None:
+    memory = {
+        "rest": {"workers_rss": 100_000_000},
+        "websocket": {"workers_rss": 150_000_000},
+        "sse": {"workers_rss": 170_000_000},
+    }
+    added = fanout.per_connection(memory, {"websocket": 1000, "sse": 1000})
+    assert added == {"websocket": 50_000.0, "sse": 20_000.0}
+
+
+def test_supervisor_contender_command() -> None:
+    supervised = Contender("supervisor_asgi")
+    assert (supervised.name, supervised.interface) == ("supervisor_asgi", "asgi")
+    assert supervised.argv(8000, 2) == [str(SUPERVISOR_RUN)]
+    env = ContenderLaunch(supervised, 3, 4, (), run_dir=Path("/r"))(8123)[1]
+    assert (env["ASGI_PORT"], env["WEB_CONCURRENCY"], env["SUPERVISOR_RUN_DIR"]) == (
+        "8123",
+        "3",
+        "/r",
+    )
+    assert env["WSGI_PORT"] not in ("8123", None)
+    assert Contender("supervisor_wsgi").env(8000, 2, 4)["WSGI_MODE"] == "wsgi_gthread"
 
 
 @pytest.mark.parametrize(
@@ -1344,7 +1424,53 @@ def test_quick_smoke_run_writes_every_output(tmp_path: Path) -> None:
     assert (out / "report.md").read_text(encoding="utf-8") == report
 
 
+@pytest.mark.slow
+@pytest.mark.serving
+def test_a_small_fanout_delivers_every_event_to_every_websocket_and_sse_client(
+    tmp_path: Path,
+) -> None:
+    require_wrk()
+    require_redis()
+    out = tmp_path / "bench"
+    argv = ["--modes", "asgi_uvicorn", "--endpoints", "", "--no-floor", "--no-nginx"]
+    fan = ["--fanout", "--fanout-clients", "20", "--fanout-rates", "10,20", "--fanout-step", "1"]
+    assert cli.main([*argv, *fan, "--out", str(out)]) == 0
+
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    (run,) = results["fanout_runs"]
+    assert run["connected"] == {"websocket": 20, "sse": 20}
+    assert run["paths"] == {"websocket": "/ws/live/", "sse": "/async/live/"}
+    first = run["steps"][0]
+    assert (first["rate"], first["published"]) == (10, 10)
+    for figures in first["transports"].values():
+        # Every event reached every client once: nothing lost, nothing twice.
+        assert figures["received"] == figures["expected"] == 200
+        assert figures["p50_ms"] > 0
+    # Memory read before, between and after connecting; the workers hold the sockets.
+    assert set(run["memory"]) == {"rest", "websocket", "sse", "end"}
+    assert sum(run["memory"]["sse"]["worker_sockets"]) >= 40
+    report_text = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Fan-out: one event to many WebSocket and SSE clients" in report_text
+    assert "](fanout.png)" in report_text
+    assert png_size(out / "fanout.png")[0] > 100
+    # The server and redis-server are gone; Redis wrote nothing to disk.
+    assert not [server["pid"] for server in results["servers"] if pid_alive(server["pid"])]
+    assert not pid_alive(run["redis_pid"])
+    redis_argv = results["commands"]["redis"]
+    assert redis_argv[redis_argv.index("--save") + 1] == ""
+    assert redis_argv[redis_argv.index("--appendonly") + 1] == "no"
+
+
 # showcase:end
+def require_redis() -> None:
+    """Fail under CI=true without redis-server, skip elsewhere."""
+    if infra.redis_binary() is not None:
+        return
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"CI=true and {infra.REDIS_INSTALL_HINT}")
+    pytest.skip(infra.REDIS_INSTALL_HINT)
+
+
 def user_page_args(out: Path, url: str, *extra: str) -> list[str]:
     """Return a one-mode, one-second run of `url` alone, no showcase endpoint."""
     return [
@@ -1525,6 +1651,50 @@ def test_stop_all_stops_a_registered_server(tmp_path: Path) -> None:
         server.stop()  # reaped even when an assertion above fails (a no-op after stop_all)
     assert stopped == [f"bare (pid {server.pid}, exit 0)"]
     assert not [pid for pid in workers if pid_alive(pid)]
+
+
+@pytest.mark.slow
+@pytest.mark.serving
+@pytest.mark.parametrize("mode", ["supervisor_wsgi", "supervisor_asgi"])
+def test_a_supervisor_contender_serves_one_interface_and_stops_with_nothing_left(
+    tmp_path: Path, mode: str
+) -> None:
+    require_supervisord()
+    built = plan.build(options(modes=("wsgi_gthread", "asgi_uvicorn"), supervisor=True))
+    runner = Runner(built, "wrk", tmp_path)
+    try:
+        runner.prepare()
+        server = runner.start_server(Contender(mode), 2, mode)
+        # pytest's deep tmp_path leaves no room for supervisord's socket: a short directory.
+        (run_dir,) = runner.scratch
+        tree = procs.tree(server.pid)
+        (record,) = runner.servers_started
+        interface = Contender(mode).interface
+        other = "asgi" if interface == "wsgi" else "wsgi"
+        # The idle interface was stopped: supervisord's log says so, its port refuses.
+        assert f"stopped: {other}-0" in (run_dir / "supervisord.log").read_text()
+        other_port = int(record["env"][f"{other.upper()}_PORT"])
+        with pytest.raises(ConnectionRefusedError):
+            servers.http_status(servers.HOST, other_port, "/healthz", timeout=2)
+        assert servers.http_status(servers.HOST, server.port, "/healthz", timeout=10) == 200
+        # supervisord, then per process a uvicorn, or a gunicorn master and its worker.
+        assert len(tree) == (5 if interface == "wsgi" else 3)
+        assert record["rest_rss"] > sum(record["rest_worker_rss"]) > 0
+    finally:
+        stopped = runner.stop_all()
+        runner.cleanup()
+    assert len(stopped) == 1
+    assert "outlived" not in stopped[0]
+    assert not [pid for pid in tree if pid_alive(pid)]
+
+
+def require_supervisord() -> None:
+    """Fail under CI=true without supervisord, skip elsewhere (tests/lab/test_up.py's rule)."""
+    if contenders.supervisor_installed():
+        return
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"CI=true and {contenders.SUPERVISOR_INSTALL_HINT}")
+    pytest.skip(contenders.SUPERVISOR_INSTALL_HINT)
 
 
 def default_sigint() -> None:
