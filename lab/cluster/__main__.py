@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -85,8 +86,15 @@ def findings(results: dict[str, Any]) -> list[str]:
     said = []
     rows = results["throughput"]
     for page in dict.fromkeys(row["page"] for row in rows):
-        rates = [f"{row['hosts']}: {row['rps']:.0f}" for row in rows if row["page"] == page]
-        said.append(f"{page} req/s by app host count: {', '.join(rates)} (same CPU budget).")
+        rates = [f"{row['hosts']}: {row['rps_2xx']:.0f}" for row in rows if row["page"] == page]
+        said.append(f"{page} 2xx req/s by app host count: {', '.join(rates)} (same CPU budget).")
+    for row in rows:
+        if row["non_2xx"] or row["socket_errors"]:
+            said.append(
+                f"{row['page']} with {row['hosts']} app host(s): {row['non_2xx']} non-2xx and "
+                f"{row['socket_errors']} socket errors under wrk; see logs/nginx-error.log and "
+                "logs/app*.log."
+            )
     faults = results["faults"]
     for name in ("app_host_killed", "app_host_cut"):
         fault = faults[name]
@@ -118,6 +126,14 @@ def findings(results: dict[str, Any]) -> list[str]:
     return said
 
 
+def keep_logs(cluster: Cluster, destination: Path) -> None:
+    """Copy every process's output and nginx's error log out of the cluster's temporary dir."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for log in [*cluster.directory.glob("*.log"), cluster.balancer_dir / "error.log"]:
+        if log.exists():
+            shutil.copyfile(log, destination / log.name.replace("error.log", "nginx-error.log"))
+
+
 def recovery(seconds: float | None, after: str) -> str:
     """Return "N s after <after>", or that the run ended first."""
     return "not within the run" if seconds is None else f"{seconds} s after {after}"
@@ -142,7 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Cluster(layout) as cluster:
             print(f"cluster up: {len(layout.roles())} hosts in {cluster.directory}", flush=True)
-            results = measure(cluster, args)
+            try:
+                results = measure(cluster, args)
+            finally:
+                keep_logs(cluster, args.out / "logs")
     except ClusterError as exc:
         print(f"lab.cluster: {exc}", file=sys.stderr)
         return 1
