@@ -17,3 +17,6 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("", include("apps.showcase.urls")),
     # showcase:end
 ]
+
+# A database that cannot be reached answers 503 with Retry-After, every other error Django's 500.
+handler500 = "apps.dualserve.errors.server_error"

@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from tests.serving.urls import handler500 as serving_handler500
 from tests.serving.urls import urlpatterns as serving_urlpatterns
 
 
@@ -43,3 +44,4 @@ urlpatterns = [
     path("async/groups/", async_groups),
     *serving_urlpatterns,
 ]
+handler500 = serving_handler500

@@ -6,6 +6,7 @@ they share.
 
 from django.urls import path
 
+from project.urls import handler500 as project_handler500
 from project.urls import urlpatterns as project_urlpatterns
 from tests.serving import views
 
@@ -28,3 +29,5 @@ urlpatterns = [
     path("async/client/", views.async_client),
     *project_urlpatterns,
 ]
+# The project's error handler too: a lost database answers 503 here as it does in production.
+handler500 = project_handler500
