@@ -10,7 +10,7 @@ UV := .tools/uv-$(UV_VERSION)/bin/uv
 VENV := .venv
 RUN := $(VENV)/bin
 
-.PHONY: help install lock test test-fast template-test lint audit django-tests up migrate static clean bench docker-test
+.PHONY: help install lock test test-fast template-test lint audit django-tests up migrate static clean bench docker-test cluster
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ lock: $(UV)  ## Re-lock after editing pyproject.toml's dependencies (uv lock).
 test: install  ## Run the whole suite: pytest, then Django's own runner on the app tests.
 	$(RUN)/pytest
 	$(RUN)/python manage.py test --verbosity 1
+
+cluster: install  ## Hosts as network namespaces (root): nginx over 3 app hosts, PostgreSQL, Redis; throughput and faults, report in var/cluster-results/ (ARGS="--quick").
+	$(RUN)/python -m lab.cluster $(ARGS)
 
 template-test: install  ## Generate projects from this repo (copier), with and without the showcase; test them.
 	$(RUN)/python -m lab.template check
