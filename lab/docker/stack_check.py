@@ -470,11 +470,12 @@ class Stack:
     def the_image_holds_only_the_runtime(self) -> str:
         """The app image's venv holds exactly the lock's runtime packages; /app has no tooling."""
         script = (
-            "import importlib.metadata as m, json, os; print(json.dumps("
-            "[sorted(d.metadata['Name'] for d in m.distributions()), sorted(os.listdir('/app'))]))"
+            "import importlib.metadata as m, json, os, platform; print(json.dumps("
+            "[sorted(d.metadata['Name'] for d in m.distributions()), sorted(os.listdir('/app')),"
+            " platform.python_version()]))"
         )
         run = self.docker.run("run", "--rm", "--entrypoint", "python", IMAGE, "-c", script)
-        installed, listed = json.loads(run.stdout)
+        installed, listed, image_python = json.loads(run.stdout)
         # What `uv sync --locked --no-default-groups` installs: the lock without dev and lab.
         uv = REPO / ".tools" / f"uv-{UV_VERSION}" / "bin" / "uv"
         export = ["export", "--frozen", "--no-default-groups", "--no-emit-project", "--no-hashes"]
@@ -486,14 +487,19 @@ class Stack:
             check=True,
             timeout=COMMAND_TIMEOUT,
         ).stdout
-        # Each line `name==version ; marker`: the image is Linux, CPython 3.11 (the markers name
-        # a platform or an implementation only, which the host running this shares).
+        # Each line `name==version ; marker`, evaluated for the image's Python: some markers
+        # name a patch release (redis needs async-timeout below 3.11.3), where a stand-in's
+        # Python differs from the host's. Platform and implementation: the host's, Linux CPython.
+        versions = {
+            "python_full_version": image_python,
+            "python_version": ".".join(image_python.split(".")[:2]),
+        }
         expected = {
             package_name(requirement.name)
             for line in exported.splitlines()
             if line and not line.startswith(("#", " "))
             for requirement in [Requirement(line)]
-            if requirement.marker is None or requirement.marker.evaluate()
+            if requirement.marker is None or requirement.marker.evaluate(versions)
         }
         found = {package_name(name) for name in installed}
         if found != expected:

@@ -7,8 +7,6 @@ this test process share. Clients are the `websockets` library's sync client.
 
 from __future__ import annotations
 
-import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,22 +124,14 @@ def test_a_path_without_a_route_is_refused_cleanly(stack: Stack, entry: str) -> 
     assert "No route found" not in stack.asgi.output()
 
 
-def test_a_handshake_without_origin_is_refused(stack: Stack) -> None:
-    url = ws_url(stack, "direct", "/ws/echo/")
-    with (
-        pytest.raises(InvalidStatus) as refused,
-        connect(url, proxy=None, open_timeout=OPEN_TIMEOUT),
-    ):
-        pass
-    assert refused.value.response.status_code == 403
-
-
 # showcase:begin
 # --- The showcase's consumers -------------------------------------------------------------------
 # What only these tests use is imported here, so the module loses it with the showcase.
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
 
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
@@ -269,3 +259,11 @@ def test_live_clients_leave_the_group_when_they_disconnect(
 
 
 # showcase:end
+def test_a_handshake_without_origin_is_refused(stack: Stack) -> None:
+    url = ws_url(stack, "direct", "/ws/echo/")
+    with (
+        pytest.raises(InvalidStatus) as refused,
+        connect(url, proxy=None, open_timeout=OPEN_TIMEOUT),
+    ):
+        pass
+    assert refused.value.response.status_code == 403
