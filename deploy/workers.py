@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime
 import signal
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from functools import cached_property
 from typing import Any, ClassVar
 
 from gunicorn.workers import gthread
@@ -258,15 +259,25 @@ class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (
         self.wsgi = GunicornAccessLog(self.wsgi, self.log)
 
 
+def decoded(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Return ASGI header pairs as the strings gunicorn's access-log atoms expect."""
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+
+
 class ResponseInfo:
     """What gunicorn's access-log atoms read from a response: status, headers, bytes sent."""
 
     def __init__(self) -> None:
         # uvicorn answers 500 itself when the app fails or returns before starting a response.
         self.status = 500
-        self.headers: list[tuple[str, str]] = []
+        self.raw_headers: Iterable[tuple[bytes, bytes]] = ()
         self.sent = 0
         self.started = False
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Return the response headers, decoded when the access line is made."""
+        return decoded(self.raw_headers)
 
 
 def wsgi_style_environ(scope: Scope) -> dict[str, str]:
@@ -287,6 +298,36 @@ def wsgi_style_environ(scope: Scope) -> dict[str, str]:
         key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
         environ[key] = value.decode("latin-1")
     return environ
+
+
+class RequestInfo(Mapping[str, str]):
+    """What gunicorn's access-log atoms read from a request: its headers and a WSGI environ.
+
+    Built from the scope only when read: by gunicorn's access() at the end of the request, or
+    by deploy.accesslog's thread, off the request's path.
+    """
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    @cached_property
+    def headers(self) -> list[tuple[str, str]]:
+        """Return the request headers (gunicorn's atoms read `req.headers`)."""
+        return decoded(self.scope["headers"])
+
+    @cached_property
+    def environ(self) -> dict[str, str]:
+        """Return the WSGI-style environ."""
+        return wsgi_style_environ(self.scope)
+
+    def __getitem__(self, key: str) -> str:
+        return self.environ[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.environ)
+
+    def __len__(self) -> int:
+        return len(self.environ)
 
 
 class GunicornAccessLog:
@@ -318,10 +359,7 @@ class GunicornAccessLog:
             if message["type"] == "http.response.start":
                 response.started = True
                 response.status = message["status"]
-                response.headers = [
-                    (name.decode("latin-1"), value.decode("latin-1"))
-                    for name, value in message.get("headers", [])
-                ]
+                response.raw_headers = message.get("headers", ())
             elif message["type"] == "http.response.body":
                 response.sent += len(message.get("body", b""))
             await send(message)
@@ -332,9 +370,5 @@ class GunicornAccessLog:
             if disconnected and not response.started:
                 response.status = CLIENT_CLOSED_REQUEST
             elapsed = datetime.timedelta(seconds=time.monotonic() - started)
-            environ = wsgi_style_environ(scope)
-            request_headers = [
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in scope["headers"]
-            ]
-            self.log.access(response, request_headers, environ, elapsed)
+            request = RequestInfo(scope)
+            self.log.access(response, request, request, elapsed)
