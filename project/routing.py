@@ -15,8 +15,7 @@ from apps.dualserve.websocket import include
 
 # Channels' routing: path() and re_path() to consumers (`Consumer.as_asgi()`), an app's own
 # routes with include(). A path that no route matches is refused (apps.dualserve.websocket).
-websocket_urlpatterns: list[URLPattern | URLResolver] = [
-    # showcase:begin
-    path("", include("apps.showcase.routing")),
-    # showcase:end
-]
+websocket_urlpatterns: list[URLPattern | URLResolver] = []
+# showcase:begin
+websocket_urlpatterns += [path("", include("apps.showcase.routing"))]
+# showcase:end
