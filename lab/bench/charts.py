@@ -447,6 +447,7 @@ def fanout_chart(analysis: Analysis, out: Path) -> str | None:
             offered,
             [rate * run["connected"].get("websocket", 0) for rate in offered],
             linestyle=":",
+            marker="x",
             color="grey",
             label="every event to every client" if run_index == 0 else None,
         )
@@ -458,6 +459,7 @@ def fanout_chart(analysis: Analysis, out: Path) -> str | None:
     delivered.set_xlabel("events published per second")
     delivered.set_ylabel("deliveries per second, per transport")
     delivered.set_title("Deliveries")
+    delivered.set_ylim(bottom=0)
     for axis in (latency, delivered):
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=7)
