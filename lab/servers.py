@@ -50,6 +50,7 @@ INHERITED_SETTINGS = (
     "GUNICORN_CMD_ARGS",
     "GUNICORN_THREADS",
     "GUNICORN_CONTROL_SOCKET",
+    "GUNICORN_ACCESS_LOG",
     "FORWARDED_ALLOW_IPS",
     "DATABASE_URL",
     # The channel layer (WebSocket groups, the event bus): Redis when set.
