@@ -7,8 +7,8 @@ A path ending in `/json/` answers the showcase's small JSON document, serialised
 as Django's JsonResponse does; every other path, /healthz included, answers the greeting.
 The ASGI app answers lifespan too, because the shipped configs run lifespan "on".
 
-The answers are byte for byte the showcase's (apps/showcase/payloads.py, which this module
-must not import: it stays Django-free); lab/bench/frameworks/ answers the same ones.
+The answers are byte for byte the showcase's hello and JSON pages (its payloads module, which
+this module must not import: it stays Django-free); lab/bench/frameworks/ answers the same ones.
 """
 
 from __future__ import annotations
