@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from lab.cluster import report, scenarios
+from lab.cluster import live, report, scenarios
 from lab.cluster.cluster import DEFAULT_PREFIX, DEFAULT_SUBNET, Cluster, ClusterError, Layout
 from lab.cluster.cluster import cleanup as remove_leftovers
 
@@ -34,6 +34,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--fault-duration", type=float, default=10.0, help="seconds per fault run")
+    parser.add_argument(
+        "--live-clients", type=int, default=100, help="WebSocket and SSE clients each (fan-out)"
+    )
+    parser.add_argument("--live-events", type=int, default=20, help="events per fan-out run")
+    parser.add_argument(
+        "--stream-clients", type=int, default=20, help="streams of each transport during a kill"
+    )
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace name prefix")
     parser.add_argument("--subnet", default=DEFAULT_SUBNET, help="the private test network")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
@@ -44,6 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.hosts, args.duration, args.fault_duration = 2, 2, 6.0
+        args.live_clients, args.live_events, args.stream_clients = 50, 10, 10
     return args
 
 
@@ -78,7 +86,34 @@ def measure(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     faults["writes_during_kill"] = scenarios.writes_during_kill(
         cluster, min(args.fault_duration, 6.0), min(fault_at, 2.0)
     )
-    return {"setup": cluster.describe(), "throughput": throughput, "faults": faults}
+    return {
+        "setup": cluster.describe(),
+        "throughput": throughput,
+        "faults": faults,
+        "live": measure_live(cluster, args, fault_at),
+    }
+
+
+def measure_live(cluster: Cluster, args: argparse.Namespace, fault_at: float) -> dict[str, Any]:
+    """Fan out events over 1..N app hosts, then kill a host under held streams; or say why
+    not (a project without the showcase has no live feed)."""
+    reason = live.missing_reason()
+    if reason:
+        print(f"live streams: {reason}", flush=True)
+        return {"skipped": reason}
+    fanout = []
+    for hosts in range(1, args.hosts + 1):
+        print(f"fan-out with {hosts} app host(s) ...", flush=True)
+        cluster.rebalance(hosts)
+        fanout.append(live.fanout(cluster, args.live_clients, args.live_events))
+    cluster.rebalance(cluster.layout.app_hosts)
+    print("fault: app host killed under live streams ...", flush=True)
+    # SSE clients wait the stream's retry: (3 s) before reconnecting: the run outlasts it.
+    streams = live.streams_during_kill(
+        cluster, args.stream_clients, max(args.fault_duration, fault_at + 6.0), fault_at
+    )
+    scenarios.wait_all_hosts_serving(cluster)
+    return {"fanout": fanout, "streams_during_kill": streams}
 
 
 def findings(results: dict[str, Any]) -> list[str]:
@@ -123,6 +158,35 @@ def findings(results: dict[str, Any]) -> list[str]:
         f"Acknowledged writes missing after an app host was killed: "
         f"{len(writes['acknowledged_missing'])} of {writes['acknowledged']}."
     )
+    return said + live_findings(results.get("live", {}))
+
+
+def live_findings(figures: dict[str, Any]) -> list[str]:
+    """Return what the live-stream figures say (or why there are none)."""
+    if "skipped" in figures:
+        return [f"Live streams: {figures['skipped']}."]
+    said = []
+    for run in figures.get("fanout", []):
+        parts = [
+            f"{name} {t['received']}/{t['expected']} (p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms)"
+            for name, t in run["transports"].items()
+        ]
+        hosts = sorted({h for t in run["transports"].values() for h in t["per_host"]})
+        said.append(
+            f"Fan-out over {run['app_hosts']} app host(s), clients on {len(hosts)} host(s), "
+            f"{run['redis_group_subscriptions']} Redis subscription(s) to the group: "
+            f"delivered {'; '.join(parts)}."
+        )
+    streams = figures.get("streams_during_kill")
+    if streams:
+        for name, t in streams["transports"].items():
+            said.append(
+                f"App host killed under {t['clients']} {name} streams: {t['cut']} cut, "
+                f"{t['reconnected']} reconnected (p50 {t['reconnect_p50_s']} s, max "
+                f"{t['reconnect_max_s']} s), {t['missed_events_by_cut_clients']} events missed "
+                f"by the cut clients (at most {t['missed_per_cut_client_max']} each), "
+                f"{t['missed_events_by_others']} by the others."
+            )
     return said
 
 

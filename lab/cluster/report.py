@@ -44,8 +44,10 @@ def write(out: Path, results: dict[str, Any]) -> list[str]:
 def chart_file(out: Path, results: dict[str, Any]) -> str:
     """Draw throughput per host count and each fault's 100 ms timeline into cluster.png."""
     faults = [name for name in FAULT_TITLES if name in results.get("faults", {})]
-    figure, axes = plt.subplots(1 + len(faults), 1, figsize=(9, 3.2 * (1 + len(faults))))
-    axes = list(axes) if len(faults) else [axes]
+    fanout = results.get("live", {}).get("fanout", [])
+    panels = 1 + len(faults) + bool(fanout)
+    figure, axes = plt.subplots(panels, 1, figsize=(9, 3.2 * panels))
+    axes = list(axes) if panels > 1 else [axes]
     rows = results.get("throughput", [])
     pages = sorted({row["page"] for row in rows}, key=[row["page"] for row in rows].index)
     counts = sorted({row["hosts"] for row in rows})
@@ -62,6 +64,8 @@ def chart_file(out: Path, results: dict[str, Any]) -> str:
     axes[0].set_ylabel("2xx req/s through nginx")
     axes[0].set_title("Throughput per app host count (all app servers share one CPU)")
     axes[0].legend()
+    if fanout:
+        fanout_chart(axes.pop(), fanout)
     for axis, name in zip(axes[1:], faults, strict=True):
         fault = results["faults"][name]
         times = [row["t"] for row in fault["buckets"]]
@@ -75,6 +79,86 @@ def chart_file(out: Path, results: dict[str, Any]) -> str:
         axis.set_xlabel("seconds since the load started")
         axis.legend(loc="lower right", fontsize="small")
     return save(figure, out / "cluster.png")
+
+
+def fanout_chart(axis: Any, runs: list[dict[str, Any]]) -> None:
+    """Draw the fan-out's delivery latency (p50 bar, p99 tick) per transport and host count."""
+    names = list(runs[0]["transports"])
+    width = 0.8 / len(names)
+    for offset, name in enumerate(names):
+        positions = [index + offset * width for index in range(len(runs))]
+        p50 = [run["transports"][name]["p50_ms"] for run in runs]
+        p99 = [run["transports"][name]["p99_ms"] for run in runs]
+        axis.bar(positions, p50, width, label=f"{name} p50")
+        axis.scatter(positions, p99, marker="_", s=400, color="black", zorder=3)
+    axis.scatter([], [], marker="_", color="black", label="p99")
+    axis.set_xticks([index + width * (len(names) - 1) / 2 for index in range(len(runs))])
+    axis.set_xticklabels([f"{run['app_hosts']} app host(s)" for run in runs])
+    axis.set_ylabel("publish to delivery, ms")
+    axis.set_title("Fan-out across hosts: POST /sync/publish/ to every WebSocket and SSE client")
+    axis.legend(fontsize="small")
+
+
+def live_markdown(figures: dict[str, Any]) -> list[str]:
+    """Return the fan-out and live-stream fault sections (or the line saying why not)."""
+    lines = ["", "## Fan-out across hosts", ""]
+    if "skipped" in figures:
+        return [*lines, f"Not run: {figures['skipped']}."]
+    lines += [
+        "WebSocket (/ws/live/) and SSE (/async/live/) clients connect from the client host "
+        "through the balancer, which sends both to the app hosts' ASGI servers (a WebSocket "
+        "handshake, or Accept: text/event-stream, with a 60 s read timeout). Events are POSTed "
+        "to /sync/publish/ through the balancer, so WSGI workers on any host publish them to "
+        "Redis; every client should receive every acknowledged (202) event. Latency: from the "
+        "POST being sent (a timestamp in the event's text) to the client reading the event. "
+        "Hosts: the X-Upstream of each client's handshake; Redis subscriptions: PUBSUB NUMSUB "
+        "of the group's channel, one per ASGI process that holds clients. POST ms: how long "
+        "the publish requests took to be answered (p50 / max); an event late to every client "
+        "alike was late leaving.",
+        "",
+        "| app hosts | transport | clients | clients per host | Redis subs | events "
+        "| POST ms | received / expected | p50 ms | p99 ms | max ms | errors |",
+        "|---:|---|---:|---|---:|---:|---|---|---:|---:|---:|---|",
+    ]
+    for run in figures.get("fanout", []):
+        for name, t in run["transports"].items():
+            per_host = ", ".join(f"{host}: {count}" for host, count in t["per_host"].items())
+            lines.append(
+                f"| {run['app_hosts']} | {name} | {t['subscribed']}/{t['clients']} | {per_host} "
+                f"| {run['redis_group_subscriptions']} | {run['publish']['published']} "
+                f"({run['publish']['statuses']}) | {run['publish'].get('post_p50_ms', '-')} / "
+                f"{run['publish'].get('post_max_ms', '-')} | {t['received']} / {t['expected']} | "
+                f"{t['p50_ms']} | {t['p99_ms']} | {t['max_ms']} | {t['errors'] or '-'} |"
+            )
+    streams = figures.get("streams_during_kill")
+    if not streams:
+        return lines
+    lines += [
+        "",
+        "## Live streams while an app host is killed",
+        "",
+        f"{streams['clients_per_transport']} WebSocket and as many SSE clients, reconnecting "
+        "as a browser would (WebSocket: backoff from 0.1 s doubling to 2 s, jittered; SSE: "
+        "after the stream's `retry:`, 3 s; the view sends no `id:` lines, so there is no "
+        "Last-Event-ID to resume from). An event is published through the balancer every "
+        f"{streams['interval_s']} s; {streams['victim']}'s servers are SIGKILLed "
+        f"{streams['kill_after_s']} s in. Clients on it at the kill: "
+        f"{streams['on_victim_at_kill']}. Publishes: {streams['publish']['statuses']}. "
+        "Delivery is at most once: the channel layer keeps no history, so what is published "
+        "while a client is between connections is lost to it.",
+        "",
+        "| transport | clients | cut | reconnected | reconnect p50 s | max s | events missed "
+        "by cut clients (max each) | missed by the others | hosts after |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for name, t in streams["transports"].items():
+        lines.append(
+            f"| {name} | {t['clients']} | {t['cut']} | {t['reconnected']} | "
+            f"{t['reconnect_p50_s']} | {t['reconnect_max_s']} | "
+            f"{t['missed_events_by_cut_clients']} ({t['missed_per_cut_client_max']}) | "
+            f"{t['missed_events_by_others']} | {t['hosts_after']} |"
+        )
+    return lines
 
 
 def markdown(results: dict[str, Any], chart: str) -> str:
@@ -155,6 +239,8 @@ def markdown(results: dict[str, Any], chart: str) -> str:
                 f"({writes['failed_but_stored']} of them stored anyway: a failed POST's "
                 "outcome is unknown to the client).",
             ]
+    if "live" in results:
+        lines += live_markdown(results["live"])
     lines += ["", "## Findings", ""]
     lines += [f"- {finding}" for finding in results.get("findings", [])]
     return "\n".join(lines) + "\n"

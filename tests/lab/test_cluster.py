@@ -13,7 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.cluster import netns, scenarios
+from lab.cluster import (
+    # showcase:begin
+    live,
+    # showcase:end
+    netns,
+    scenarios,
+)
 from lab.cluster.cluster import Cluster, ClusterError, Layout, cleanup, leftovers
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
@@ -84,6 +90,28 @@ def test_cluster_refuses_to_start_over_a_leftover_namespace_until_cleanup(
 
     assert removed == [leftover]
     assert leftover not in netns.namespaces()
+
+
+# showcase:begin
+def test_an_event_published_through_the_balancer_reaches_streams_held_by_both_hosts(
+    layout: Layout,
+) -> None:
+    with Cluster(layout) as cluster:
+        hosts = {cluster.address(role) for role in layout.app_roles()}
+        # Round robin over the two ASGI servers: the clients of each transport land on both.
+        figures = live.fanout(cluster, clients=4, events=1, interval_s=0.1)
+    websocket, sse = figures["transports"]["websocket"], figures["transports"]["sse"]
+    assert figures["publish"]["statuses"] == {"202": 1}, figures
+    # A WebSocket client on one host and an SSE client on the other, whichever way round.
+    assert set(websocket["per_host"]) | set(sse["per_host"]) == hosts, figures
+    assert any(a != b for a in websocket["per_host"] for b in sse["per_host"]), figures
+    assert figures["redis_group_subscriptions"] == 2, figures
+    # Every client got the event, the ones whose host did not serve the POST included.
+    assert (websocket["subscribed"], websocket["received"]) == (4, 4), figures
+    assert (sse["subscribed"], sse["received"]) == (4, 4), figures
+
+
+# showcase:end
 
 
 def test_no_acknowledged_write_is_lost_when_an_app_host_is_killed(layout: Layout) -> None:
