@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import random
 import time
@@ -41,7 +40,7 @@ from lab.cluster import netns
 from lab.cluster.cluster import BALANCER_PORT, REDIS_PORT, Cluster
 
 TRANSPORTS = ("websocket", "sse")
-# The showcase's live feed (apps/showcase): the paths of its two transports and of its publish
+# The showcase's live feed: the paths of its two transports and of its publish
 # view, and the Redis channel its group lives on (channels_redis's pub/sub layer names a group
 # "<prefix>__group__<name>"; the prefix is "asgi"). Without the showcase there is nothing to
 # subscribe to, and `missing_reason` says so.
@@ -75,10 +74,10 @@ HTTP_TIMEOUT_S = 10.0
 
 def missing_reason() -> str | None:
     """Return why the live scenarios cannot run here, or None when they can."""
-    if importlib.util.find_spec("apps.showcase") is None or not PATHS:
+    if not PATHS:
         return (
-            "skipped: this project has no apps.showcase, whose /ws/live/, /async/live/ and "
-            "/sync/publish/ the live-stream scenarios subscribe and publish to"
+            "skipped: this project has no showcase, whose live feed (WebSocket and SSE) and "
+            "publish view the live-stream scenarios subscribe and publish to"
         )
     return None
 
