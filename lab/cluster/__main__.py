@@ -149,9 +149,9 @@ def findings(results: dict[str, Any]) -> list[str]:
     )
     if pg["failed"] and pg["failed_with_retry_after"] < pg["failed"]:
         said.append(
-            "The app has no handler that turns a database outage into 503 + Retry-After: a "
-            "view whose query fails answers Django's plain 500 (no traceback with DEBUG off). "
-            "Only /readyz answers 503 for it."
+            f"{pg['failed'] - pg['failed_with_retry_after']} failed answers during the outage "
+            "carried no Retry-After: not the app's 503 (apps/dualserve/errors.py) but another "
+            "status (a 500, or the balancer's own 502/504): see the statuses per page."
         )
     writes = faults["writes_during_kill"]
     said.append(
