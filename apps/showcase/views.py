@@ -27,6 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.dualserve.middleware import interface_of
 from apps.showcase import clients, live, params, payloads
 from apps.showcase.clients import UpstreamFailure
+from apps.showcase.consumers import LIVE_QUEUE_EVENTS, release_channel
 from apps.showcase.models import Item
 from apps.showcase.params import ParamError
 
@@ -314,6 +315,8 @@ LIVE_ASGI_ONLY = (
     "/async/live/ streams under ASGI only: under WSGI Django would consume the endless stream "
     "whole, holding a worker thread forever. Use the hybrid or the ASGI entry."
 )
+# The last line of a stream whose client was too slow (see live_events).
+LIVE_DROPPED = b": dropped: too slow to read the feed\n\n"
 
 
 def live_heartbeat_seconds() -> float:
@@ -327,40 +330,87 @@ async def live_events(heartbeat: float) -> AsyncIterator[bytes]:
 
     It joins the group through the channel layer as a LiveConsumer does: a channel of its own
     (new_channel), added to LIVE_GROUP, before the first bytes leave, so a client that has
-    read them is subscribed. One receive() stays pending across heartbeats: cancelling it on
-    each timeout would make the Redis pub/sub layer unsubscribe and subscribe again, and drop
-    what is published in between. A client that goes away cancels the stream (Django's ASGI
-    handler cancels the response on http.disconnect): the finally clause then ends the
-    receive (which unsubscribes the channel) and leaves the group.
+    read them is subscribed. A task (drain_live_events) moves what the channel receives into a
+    queue of LIVE_QUEUE_EVENTS as it arrives, whether or not the client reads: the pub/sub
+    layer's own queue is unbounded. Each write takes every event queued so far. A client so
+    slow that the queue fills is dropped: the stream leaves the group and the layer at once,
+    and ends once the client reads again (an EventSource then reconnects), with LIVE_DROPPED
+    as its last line. The task's one receive() stays pending across heartbeats: cancelling it
+    would make the Redis pub/sub layer unsubscribe, and lose what is published until it
+    subscribes again. A client that goes away cancels the stream (Django's ASGI handler
+    cancels the response on http.disconnect): the finally clause then ends the task (which
+    unsubscribes the channel) and leaves the group.
     """
     layer = get_channel_layer()
-    loop = asyncio.get_running_loop()
     channel = await layer.new_channel()
-    receiving: asyncio.Future[dict[str, Any]] | None = None
+    events: asyncio.Queue[LiveItem] = asyncio.Queue(LIVE_QUEUE_EVENTS)
+    draining: asyncio.Task[None] | None = None
     try:
         await layer.group_add(live.LIVE_GROUP, channel)
+        draining = asyncio.create_task(drain_live_events(layer, channel, events))
         yield f"retry: {LIVE_RETRY_MS}\n\n".encode()
-        # A heartbeat is due after `heartbeat` seconds of silence: any write restarts the clock.
-        quiet_until = loop.time() + heartbeat
         while True:
-            if receiving is None:
-                receiving = asyncio.ensure_future(layer.receive(channel))
-            done, _ = await asyncio.wait({receiving}, timeout=max(0.0, quiet_until - loop.time()))
-            if done:
-                message, receiving = receiving.result(), None
-                if message.get("type") != live.LIVE_EVENT:
-                    continue
-                data = json.dumps(message["event"], separators=(",", ":"))
-                yield f"data: {data}\n\n".encode()
-            else:
+            try:
+                # A heartbeat is due after `heartbeat` seconds of silence: a write restarts it.
+                async with asyncio.timeout(heartbeat):
+                    items = [await events.get()]
+            except TimeoutError:
                 yield b": heartbeat\n\n"
-            quiet_until = loop.time() + heartbeat
+                continue
+            while not events.empty():
+                items.append(events.get_nowait())
+            chunk = b""
+            for item in items:
+                if isinstance(item, BaseException):
+                    raise item  # the channel layer failed
+                if item is None:
+                    yield chunk + LIVE_DROPPED
+                    return
+                chunk += f"data: {json.dumps(item, separators=(',', ':'))}\n\n".encode()
+            yield chunk
     finally:
-        if receiving is not None:
-            receiving.cancel()
+        if draining is not None:
+            draining.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await receiving
+                await draining
         await layer.group_discard(live.LIVE_GROUP, channel)
+
+
+# What drain_live_events hands the stream: an event, None (dropped), or the layer's failure.
+LiveItem = dict[str, Any] | BaseException | None
+
+
+async def drain_live_events(layer: Any, channel: str, events: asyncio.Queue[LiveItem]) -> None:
+    """Move each event `channel` receives into `events`; when it is full, drop the client.
+
+    Dropping leaves the group and the layer (the client may not read for a long time yet),
+    empties the queue and puts None (the stream's end) in it. A failure of the layer is
+    handed to the stream the same way.
+    """
+    while True:
+        try:
+            message = await layer.receive(channel)
+        except Exception as exc:
+            hand_over(events, exc)
+            return
+        if message.get("type") != live.LIVE_EVENT:
+            continue
+        if events.full():
+            hand_over(events, None)
+            await layer.group_discard(live.LIVE_GROUP, channel)
+            await release_channel(layer, channel)
+            return
+        events.put_nowait(message["event"])
+        # A burst already in the layer's queue is received without a pause: let the stream
+        # take its turn, or a client reading as fast as it can would find the queue full.
+        await asyncio.sleep(0)
+
+
+def hand_over(events: asyncio.Queue[LiveItem], last: LiveItem) -> None:
+    """Replace what `events` holds with `last`, the only item the stream still gets."""
+    while not events.empty():
+        events.get_nowait()
+    events.put_nowait(last)
 
 
 @endpoint("GET")

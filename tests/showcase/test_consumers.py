@@ -20,7 +20,16 @@ from channels.layers import get_channel_layer
 from django.test import SimpleTestCase
 
 from apps.showcase import live
-from apps.showcase.consumers import CLOSE_MESSAGE_TOO_BIG, ECHO_MAX_MESSAGE_BYTES
+from apps.showcase.consumers import (
+    CLOSE_LOGIN_REQUIRED,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    ECHO_MAX_MESSAGE_BYTES,
+    ECHO_MESSAGE_BURST,
+    LOGIN_REASON,
+    TOO_BIG_REASON,
+    TOO_MANY_REASON,
+)
 from project.asgi import application
 
 SAME_ORIGIN = [(b"origin", b"http://localhost:8000"), (b"host", b"localhost:8000")]
@@ -115,8 +124,38 @@ class EchoTests(ConsumerTestCase):
                 await echo.connect()
                 await echo.send_to(**message)
                 closed = await echo.receive_output(1)
-                self.assertEqual(closed, {"type": "websocket.close", "code": CLOSE_MESSAGE_TOO_BIG})
+                too_big = {"code": CLOSE_MESSAGE_TOO_BIG, "reason": TOO_BIG_REASON}
+                self.assertEqual(closed, {"type": "websocket.close", **too_big})
                 await echo.disconnect()
+
+    async def test_a_client_over_its_budget_closes_with_1008(self) -> None:
+        echo = communicator("/ws/echo/")
+        await echo.connect()
+        for n in range(ECHO_MESSAGE_BURST):
+            await echo.send_to(text_data=str(n))
+            self.assertEqual(await echo.receive_from(), str(n))
+        await echo.send_to(text_data="one too many")
+        closed = await echo.receive_output(1)
+        self.assertEqual(
+            closed,
+            {"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION, "reason": TOO_MANY_REASON},
+        )
+        # What was sent before the close reached the client is ignored.
+        await echo.send_to(text_data="after the close")
+        self.assertTrue(await echo.receive_nothing(0.1))
+        await echo.disconnect()
+
+
+class PrivateTests(ConsumerTestCase):
+    async def test_an_anonymous_client_is_closed_with_4401(self) -> None:
+        private = communicator("/ws/private/")
+        self.assertEqual(await private.connect(), (True, None))
+        closed = await private.receive_output(1)
+        self.assertEqual(
+            closed,
+            {"type": "websocket.close", "code": CLOSE_LOGIN_REQUIRED, "reason": LOGIN_REASON},
+        )
+        await private.disconnect()
 
 
 class LiveTests(ConsumerTestCase):
