@@ -340,7 +340,28 @@ class GunicornAccessLog:
         self.app = app
         self.log = log
 
+    def flushing_at_shutdown(self, send: Send) -> Send:
+        """Wrap lifespan's `send`: write the queued access lines once the app has shut down.
+
+        uvicorn waits for every request before the lifespan shutdown, so every line is queued
+        by then; and after it, uvicorn re-raises the SIGTERM it captured (a group-wide SIGTERM
+        reaches the worker itself too), which ends the process before atexit could write them
+        (deploy.accesslog).
+        """
+
+        async def send_then_flush(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                flush = getattr(self.log, "flush", None)
+                if flush is not None:
+                    flush()  # at shutdown only: one blocking write is fine
+            await send(message)
+
+        return send_then_flush
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self.flushing_at_shutdown(send))
+            return
         if scope["type"] != "http" or not getattr(self.log, "access_log_enabled", True):
             await self.app(scope, receive, send)
             return
