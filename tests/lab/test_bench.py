@@ -596,17 +596,17 @@ def test_supervisor_contenders_run_their_twins_hello_and_json_cells_when_asked()
 
 
 def test_supervisor_is_opt_in_and_refused_where_it_cannot_run() -> None:
-    assert args_of().supervisor is False
-    assert args_of("--no-supervisor").supervisor is False
+    assert args_of(*DEFAULT_RUN).supervisor is False
+    assert args_of(*DEFAULT_RUN, "--no-supervisor").supervisor is False
     with pytest.raises(cli.UsageError, match="--workers 2 or more"):
-        args_of("--supervisor", "--workers", "1")
+        args_of(*DEFAULT_RUN, "--supervisor", "--workers", "1")
     with pytest.raises(cli.UsageError, match="choose one of them"):
-        args_of("--supervisor", "--modes", "wsgi_sync")
+        args_of(*DEFAULT_RUN, "--supervisor", "--modes", "wsgi_sync")
 
 
 def test_fanout_is_opt_in_and_planned_on_asgi_uvicorn() -> None:
-    assert args_of().fanout is False
-    assert plan.build(args_of()).fanout == []
+    assert args_of(*DEFAULT_RUN).fanout is False
+    assert plan.build(args_of(*DEFAULT_RUN)).fanout == []
     built = plan.build(options(fanout=True, fanout_clients=20, fanout_rates=(10, 50)))
     (job,) = built.fanout
     assert (job.contender.name, job.workers, job.clients, job.rates) == (
@@ -664,7 +664,7 @@ def test_supervisor_contender_command() -> None:
 def test_frameworks_and_floor_are_on_unless_quick_or_turned_off(
     argv: list[str], expected: tuple[bool, bool]
 ) -> None:
-    chosen = args_of(*argv)
+    chosen = args_of(*DEFAULT_RUN, *argv)
     assert (chosen.frameworks, chosen.floor) == expected
 
 
