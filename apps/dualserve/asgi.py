@@ -34,7 +34,9 @@ changes: the second task and the inline request_finished were most of the differ
 
 It also streams what Django buffers: a `StreamingHttpResponse` over a SYNC iterator, which
 Django's handler consumes whole before sending its first byte, is sent chunk by chunk, each
-chunk pulled on the request's thread (`PulledOnRequestThread`).
+chunk pulled on the request's thread (`PulledOnRequestThread`). And it ends an ASYNC stream
+whose client has gone even when the cancellation was lost on the way, and closes it
+(`ended_with_the_response`): Django leaves both to chance.
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ import asyncio
 import contextlib
 import functools
 import itertools
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    MutableMapping,
+)
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from typing import IO, Any, TypeVar, cast
@@ -234,6 +243,33 @@ class PulledOnRequestThread:
         return item
 
 
+async def ended_with_the_response(source: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """Yield what `source` yields until the response ends, then close `source` (`aclose()`).
+
+    Two gaps of Django's handler for an async streaming response, both seen with an endless
+    Server-Sent Events view on the Redis channel layer (its stream outlived its client):
+
+    - A client that leaves cancels the response once. If that cancellation lands while the
+      iterator awaits something that swallows it, the iterator goes on as if nothing had
+      happened, for as long as it likes. Python 3.11's `asyncio.wait_for` swallows it when
+      what it waits for completes in the same loop turn (CPython gh-86296, fixed in 3.12), and
+      redis-py waits on every command it sends with it. The task still counts the request to
+      cancel (`Task.cancelling()`): the next item it yields ends it here.
+    - Django closes its own wrapper around an async iterator, not the iterator: one that sits
+      at a `yield` when the response ends (cancelled during a send) is left to the garbage
+      collector, holding whatever its `finally` would release (a channel layer subscription).
+    """
+    try:
+        async for part in source:
+            if current_task_cancelling():
+                raise asyncio.CancelledError  # a cancellation lost inside `source`
+            yield part
+    finally:
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 class PooledThreadASGIHandler(ASGIHandler):
     """Django's ASGI handler on pooled request threads, with no hop a request does not need."""
 
@@ -347,14 +383,26 @@ class PooledThreadASGIHandler(ASGIHandler):
         an async one whose every chunk is pulled on the request's thread, so the rest is
         Django's own path: headers, chunking, `more_body`, the final message. A client that
         leaves cancels the wait for a pull; the pull itself ends on the thread, and
-        close_response's call, queued there behind it, closes the iterator.
+        close_response's call, queued there behind it, closes the iterator. An async iterator
+        goes through `ended_with_the_response`.
         """
-        if isinstance(response, StreamingHttpResponse) and not response.is_async:
+        if not isinstance(response, StreamingHttpResponse):
+            await super().send_response(response, send)
+        elif not response.is_async:
             # The documented way to wrap a response's content; an object without close()
             # registers no closer, so response.close() still closes the original iterator.
             content = cast(Iterator[bytes], response.streaming_content)  # not is_async
             response.streaming_content = PulledOnRequestThread(content)
-        await super().send_response(response, send)
+            await super().send_response(response, send)
+        else:
+            # The iterator the view gave, not streaming_content (a new wrapper on every read,
+            # whose closing would not reach it). Private, but set by Django since 4.2.
+            stream = ended_with_the_response(response._iterator)  # type: ignore[attr-defined]
+            response.streaming_content = stream
+            try:
+                await super().send_response(response, send)
+            finally:
+                await stream.aclose()
 
     async def close_response(self, response: HttpResponseBase, executor: RequestExecutor) -> None:
         """Close `response` (which sends request_finished), on the request's thread if needed.

@@ -524,3 +524,40 @@ class SyncStreamTests(SimpleTestCase):
             request_started.connect(close_old_connections)
             request_finished.connect(close_old_connections)
         self.assertEqual(pulls, [5, 5, 5, 5, 5])  # all of it pulled before the first send
+
+
+@override_settings(ROOT_URLCONF="tests.dualserve.urls")
+class AsyncStreamTests(SimpleTestCase):
+    """An async iterator ends and is closed when its response ends, however that happens."""
+
+    def setUp(self) -> None:
+        views.ASYNC_STREAM_LOG.clear()
+
+    async def test_a_disconnect_ends_a_stream_that_swallowed_its_cancellation(self) -> None:
+        communicator = ApplicationCommunicator(
+            PooledThreadASGIHandler(), http_scope("/async/stubborn-stream/")
+        )
+        await communicator.send_input({"type": "http.request", "body": b""})
+        self.assertEqual((await communicator.receive_output(5))["status"], 200)
+        self.assertEqual((await communicator.receive_output(5))["body"], b"first")
+        await communicator.send_input({"type": "http.disconnect"})
+        await communicator.wait(5)  # asgiref cancels it after 5 s if it is still running
+        self.assertEqual(views.ASYNC_STREAM_LOG, ["cancellation swallowed", "closed"])
+        # What it yielded after the lost cancellation was not sent.
+        self.assertTrue(await communicator.receive_nothing(0.1))
+
+    async def test_a_response_that_fails_to_send_closes_its_iterator(self) -> None:
+        # A send that fails leaves the iterator at a yield, where no cancellation reaches it.
+        handler = PooledThreadASGIHandler()
+        response = await views.async_stubborn_stream(None)  # type: ignore[arg-type]
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message.get("body"):
+                raise OSError("the connection is gone")
+            sent.append(message)
+
+        with self.assertRaises(OSError):
+            await handler.send_response(response, send)
+        self.assertEqual([message["type"] for message in sent], ["http.response.start"])
+        self.assertEqual(views.ASYNC_STREAM_LOG, ["closed"])  # at once, not at collection

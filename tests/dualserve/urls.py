@@ -19,6 +19,7 @@ urlpatterns = [
     path("async/count/", views.async_count),
     path("async/wait/", views.async_wait),
     path("async/closing/", views.async_closing),
+    path("async/stubborn-stream/", views.async_stubborn_stream),
     path("async/page/", views.async_page),
     path("async/public/", views.async_public),
     path("async/site/", views.async_site),

@@ -129,6 +129,34 @@ async def async_closing(request: HttpRequest) -> StreamingHttpResponse:
 CLOSED_ON: list[str] = []
 
 
+# --- async iterators under ASGI (tests/dualserve/test_asgi.py: AsyncStreamTests) ---------------
+
+# What async_stubborn_stream's iterator did, in order.
+ASYNC_STREAM_LOG: list[str] = []
+
+
+async def stubborn_events() -> AsyncIterator[bytes]:
+    """Yield a chunk, then swallow the cancellation of the next wait, as Python 3.11's
+    asyncio.wait_for does when what it waits for completes in the same loop turn, and go on."""
+    import asyncio
+
+    try:
+        yield b"first"
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            ASYNC_STREAM_LOG.append("cancellation swallowed")
+        yield b"second"
+        await asyncio.sleep(30)
+        ASYNC_STREAM_LOG.append("went on")
+    finally:
+        ASYNC_STREAM_LOG.append("closed")
+
+
+async def async_stubborn_stream(request: HttpRequest) -> StreamingHttpResponse:
+    return StreamingHttpResponse(stubborn_events())
+
+
 async def async_page(request: HttpRequest) -> HttpResponse:
     """Answer a page long enough for GZipMiddleware to compress, in the active language."""
     from django.utils.translation import get_language
