@@ -338,16 +338,23 @@ async def live_events(heartbeat: float) -> AsyncIterator[bytes]:
     as its last line. The task's one receive() stays pending across heartbeats: cancelling it
     would make the Redis pub/sub layer unsubscribe, and lose what is published until it
     subscribes again. A client that goes away cancels the stream (Django's ASGI handler
-    cancels the response on http.disconnect): the finally clause then ends the task (which
-    unsubscribes the channel) and leaves the group.
+    cancels the response on http.disconnect): the finally clause then leaves (leave_live_group).
+
+    The response head leaves before this runs, so a client may go while the stream is still
+    joining: the join runs shielded in a task of its own and ends before the stream leaves.
+    Cancelled half-way, it would leave the channel subscribed in Redis under a name nobody
+    holds any more.
     """
     layer = get_channel_layer()
-    channel = await layer.new_channel()
     events: asyncio.Queue[LiveItem] = asyncio.Queue(LIVE_QUEUE_EVENTS)
-    draining: asyncio.Task[None] | None = None
+    joining = asyncio.ensure_future(join_live_group(layer, events))
     try:
-        await layer.group_add(live.LIVE_GROUP, channel)
-        draining = asyncio.create_task(drain_live_events(layer, channel, events))
+        channel, draining = await asyncio.shield(joining)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # a join that failed has nothing to leave
+            await leave_live_group(layer, *(await joining))
+        raise
+    try:
         yield f"retry: {LIVE_RETRY_MS}\n\n".encode()
         while True:
             try:
@@ -369,11 +376,30 @@ async def live_events(heartbeat: float) -> AsyncIterator[bytes]:
                 chunk += f"data: {json.dumps(item, separators=(',', ':'))}\n\n".encode()
             yield chunk
     finally:
-        if draining is not None:
-            draining.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await draining
-        await layer.group_discard(live.LIVE_GROUP, channel)
+        await leave_live_group(layer, channel, draining)
+
+
+async def join_live_group(
+    layer: Any, events: asyncio.Queue[LiveItem]
+) -> tuple[str, asyncio.Task[None]]:
+    """Join the live group on a new channel; return it and the task draining it into `events`.
+
+    The task has started when this returns: it waits in receive(), where cancelling it makes
+    the layer unsubscribe the channel. Cancelled before its first step, it never would.
+    """
+    channel = await layer.new_channel()
+    await layer.group_add(live.LIVE_GROUP, channel)
+    draining = asyncio.create_task(drain_live_events(layer, channel, events))
+    await asyncio.sleep(0)
+    return channel, draining
+
+
+async def leave_live_group(layer: Any, channel: str, draining: asyncio.Task[None]) -> None:
+    """Stop draining `channel` (which unsubscribes it) and take it out of the live group."""
+    draining.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await draining
+    await layer.group_discard(live.LIVE_GROUP, channel)
 
 
 # What drain_live_events hands the stream: an event, None (dropped), or the layer's failure.
@@ -403,7 +429,12 @@ async def drain_live_events(layer: Any, channel: str, events: asyncio.Queue[Live
         events.put_nowait(message["event"])
         # A burst already in the layer's queue is received without a pause: let the stream
         # take its turn, or a client reading as fast as it can would find the queue full.
-        await asyncio.sleep(0)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            # Cancelled with no receive() pending: the layer would keep the channel.
+            await release_channel(layer, channel)
+            raise
 
 
 def hand_over(events: asyncio.Queue[LiveItem], last: LiveItem) -> None:

@@ -368,3 +368,41 @@ def test_a_thousand_clients_that_leave_leave_no_subscription(
     # A generous bound: a leak of even 50 KiB per client (subscription state, tasks, buffers)
     # would show as 50 MiB here.
     assert rss_after - rss_before < 50 * 1024
+
+
+# --- A client that leaves while its stream is still joining the group ---------------------------
+
+HEAD_ONLY_CLIENTS = 40
+
+
+def read_head_and_leave(port: int) -> int:
+    """GET /async/live/, read the response head, close at once; return the status."""
+    with socket.create_connection((servers.HOST, port), timeout=OPEN_TIMEOUT) as sock:
+        sock.settimeout(RECEIVE_TIMEOUT)
+        sock.sendall(
+            f"GET /async/live/ HTTP/1.1\r\nHost: {servers.HOST}:{port}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("the server closed the stream")
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def test_clients_that_leave_before_their_stream_joined_leave_no_subscription(
+    stack: Stack, redis_client: redis.Redis
+) -> None:
+    """Django sends the response head before it pulls the stream's first chunk, so these
+    clients leave while their stream is still on its way into the group (Redis round trips).
+    A cancellation lost there (Python 3.11's asyncio.wait_for, which redis-py uses) once left
+    such streams subscribed until the worker stopped: the handler now ends them anyway."""
+    assert wait_subscriptions(redis_client, (0, 0)) == (0, 0)
+    statuses = [
+        read_head_and_leave(entry_port(stack, "direct" if n % 2 else "hybrid"))
+        for n in range(HEAD_ONLY_CLIENTS)
+    ]
+    assert statuses == [200] * HEAD_ONLY_CLIENTS
+    assert wait_subscriptions(redis_client, (0, 0)) == (0, 0)

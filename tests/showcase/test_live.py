@@ -1,8 +1,8 @@
 # showcase: this file goes with the showcase
 """The live feed's views and helpers in process: publishing, its checks, the SSE stream.
 
-Through Django's test clients on the in-memory channel layer (no REDIS_URL);
-tests/serving/test_bus.py runs them on real servers and Redis.
+Through Django's test clients on the in-memory channel layer (no REDIS_URL), and the stream's
+start on a private Redis; tests/serving/test_bus.py runs them on real servers and Redis.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import redis
 from channels.layers import get_channel_layer
 from django.test import AsyncClient, Client, SimpleTestCase, override_settings
 
 from apps.showcase import live
 from apps.showcase.params import ParamError
+from apps.showcase.views import live_events
 from tests.showcase.helpers import body_of
 
 
@@ -178,3 +180,57 @@ class LiveStreamTests(SimpleTestCase):
         answer = Client().get("/async/live/")
         self.assertEqual(answer.status_code, 503)
         self.assertIn("ASGI only", json.loads(body_of(answer))["error"])
+
+
+# How many loop turns a stream's start on Redis takes is about 10 (connect, SUBSCRIBE twice):
+# cancelling after each of 0 to 40 turns lands at every step of it, and after it.
+START_TURNS = 40
+
+
+def test_a_stream_cancelled_at_any_step_of_its_start_leaves_no_subscription(
+    redis_url: str,
+) -> None:
+    """A client may go while its stream is still joining the group: the response head leaves
+    first. Cancelled half-way through new_channel() or group_add(), a stream once left its
+    channel subscribed in Redis, and a cancellation lost inside redis-py (Python 3.11's
+    asyncio.wait_for) let it go on as if its client were there."""
+    layers = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [redis_url]},
+        }
+    }
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+
+    async def start_and_cancel() -> tuple[list[str], list[bytes]]:
+        outcomes = []
+        for turns in range(START_TURNS + 1):
+            stream = live_events(20.0)
+            first = asyncio.ensure_future(anext(stream))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            first.cancel()
+            try:
+                await first
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")
+            else:
+                outcomes.append("started")  # the cancellation came after its first chunk
+                await stream.aclose()  # what the handler does with a response that ends
+        # Read while the loop, and so the layer's Redis connection, is still there: its
+        # subscriptions end with it. Unsubscribing is sent, not waited for: bounded wait.
+        for _ in range(100):
+            if not (left := client.pubsub_channels("asgi*")):
+                break
+            await asyncio.sleep(0.02)
+        return outcomes, left
+
+    try:
+        with override_settings(CHANNEL_LAYERS=layers):
+            outcomes, left = asyncio.run(start_and_cancel())
+    finally:
+        client.close()
+    # Both kinds happened: cancelled during the start, and after it.
+    assert {"cancelled", "started"} <= set(outcomes), outcomes
+    assert left == []
