@@ -361,8 +361,12 @@ def test_max_requests_recycling_through_nginx_gives_no_502(
         figure(f"max_requests {mode} via nginx: {recycles[mode]} recycles; {result.summary()}")
     for mode, result in results.items():
         assert result.sent == RECYCLE_REQUESTS, result.summary()
-        # 10,000 requests over 2 workers recycling every 200-250: about 40 recycles.
-        assert recycles[mode] >= 20, f"{mode}: only {recycles[mode]} recycles"
+        # 10,000 requests over 2 workers recycling every 200-250: about 40 recycles where a
+        # worker stops as soon as it reaches its count. gunicorn's -k asgi worker (27.0) stops
+        # on its next 1 s heartbeat, and until then answers one request on each new connection:
+        # its count follows the machine's speed (37 at ~150 req/s, 10-17 at ~500 req/s). The
+        # bound every mode meets at any speed: each worker was replaced at least twice.
+        assert recycles[mode] >= 2 * WORKERS, f"{mode}: only {recycles[mode]} recycles"
         assert result.statuses()[502] == 0, f"{mode}: {result.summary()}"
         assert result.failures() == [], f"{mode}: {result.summary()}"
 
