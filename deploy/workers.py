@@ -2,12 +2,14 @@
 
 - `ThreadWorker` (wsgi_gthread): gunicorn's gthread worker without its quick-shutdown deadlock,
   draining a refused request's body instead of resetting the connection.
-- `UvicornWorker` (asgi_uvicorn): uvicorn_worker's class, passing on the settings it drops.
+- `UvicornWorker` (asgi_uvicorn): uvicorn_worker's class, passing on the settings it drops,
+  and logging a client's bad WebSocket bytes without a traceback (`ClientFaultFilter`).
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -179,6 +181,28 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
 
+# What uvicorn logs with logger.exception() although the client, not the application, is at
+# fault: websockets_sansio_impl.py, on a text frame that is not UTF-8 (it closes with 1007, as
+# it should). Each such frame would write a traceback into the log: any client could flood it.
+CLIENT_FAULTS = frozenset({"Invalid UTF-8 sequence received from client."})
+
+
+class ClientFaultFilter(logging.Filter):
+    """Keep uvicorn's line for a client's fault (CLIENT_FAULTS) but drop its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in CLIENT_FAULTS:
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def filter_client_faults(logger: logging.Logger) -> None:
+    """Add a ClientFaultFilter to `logger`, once."""
+    if not any(isinstance(existing, ClientFaultFilter) for existing in logger.filters):
+        logger.addFilter(ClientFaultFilter())
+
+
 def gunicorn_limit(value: int, bound: int) -> int:
     """Return a gunicorn head limit as gunicorn applies it: 0 or less means its own bound."""
     return value if 0 < value <= bound else bound
@@ -257,6 +281,8 @@ class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (
         """Load the ASGI app, wrapped so gunicorn's logger writes its access lines."""
         super().load_wsgi()
         self.wsgi = GunicornAccessLog(self.wsgi, self.log)
+        # After the app's set-up, whose logging configuration could replace the logger's.
+        filter_client_faults(logging.getLogger("uvicorn.error"))
 
 
 def decoded(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:

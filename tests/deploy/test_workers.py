@@ -22,10 +22,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from deploy.gunicorn import common
 from deploy.workers import (
+    CLIENT_FAULTS,
     DrainingHttpToolsProtocol,
     GunicornAccessLog,
     ThreadWorker,
     UvicornWorker,
+    filter_client_faults,
 )
 from lab.hostile.replay import parse_responses
 from lab.servers import INHERITED_SETTINGS, MODES, start_mode
@@ -225,6 +227,26 @@ def quit_holding_the_pool_lock(worker_class: type[StockThreadWorker], log: Logge
     thread.join(timeout=3)
     worker.tmp.close()
     return ended.is_set()
+
+
+def test_a_clients_fault_is_logged_without_its_traceback() -> None:
+    logger = logging.Logger("uvicorn.error.test")
+    filter_client_faults(logger)
+    filter_client_faults(logger)  # once only
+    assert len(logger.filters) == 1
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    for message in [*CLIENT_FAULTS, "Exception in ASGI application"]:
+        try:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        except UnicodeDecodeError:
+            logger.exception(message)
+    assert [(r.msg, r.exc_info is None) for r in records] == [
+        *[(message, True) for message in CLIENT_FAULTS],
+        ("Exception in ASGI application", False),  # the application's own errors keep theirs
+    ]
 
 
 def test_thread_worker_quits_while_the_pool_lock_is_held(tmp_path: Path, make_logger: Any) -> None:
