@@ -220,7 +220,8 @@ class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (
     - graceful_timeout -> timeout_graceful_shutdown, so what is still running is cancelled
       cleanly just before the master's SIGKILL instead of being killed mid-response;
     - access_log_format: uvicorn writes its own fixed access line; here gunicorn's logger
-      writes it, so every serving mode logs the same format (request time, request ID).
+      writes it, so every serving mode logs the same format (request time, request ID);
+    - websocket_max_message_size -> ws_max_size, so both ASGI modes refuse the same messages.
 
     - limit_request_line, limit_request_fields, limit_request_field_size: uvicorn has no
       such settings (httptools accepts any head); `DrainingHttpToolsProtocol` enforces them
@@ -247,11 +248,13 @@ class UvicornWorker(StockUvicornWorker):  # type: ignore[misc]  # untyped base (
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Config() only stores these two; the server reads them when it runs.
+        # Config() only stores these; the server reads them when it runs.
         self.config.limit_concurrency = self.cfg.worker_connections
         self.config.timeout_graceful_shutdown = max(
             self.cfg.graceful_timeout - SHUTDOWN_MARGIN, SHUTDOWN_MARGIN
         )
+        # gunicorn's 0 is "no limit", which the websockets library spells None.
+        self.config.ws_max_size = self.cfg.websocket_max_message_size or None
         # The head limits of gunicorn's config, as its own parser applies them.
         self.config.http = type(
             "GunicornLimitsHttpToolsProtocol",

@@ -23,9 +23,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from apps.showcase.live import LIVE_GROUP
 
-# The largest message the consumers take, in bytes (UTF-8 for text). The servers' own limits are
-# 16 MiB (uvicorn's ws_max_size, gunicorn's websocket_max_message_size): a server holds a whole
-# message in memory before the consumer sees it, so this lower limit bounds what an echo sends.
+# The largest message the consumers take, in bytes (UTF-8 for text). The servers' limit is 1 MiB
+# (deploy/gunicorn/common.py's websocket_max_message_size): a server holds a whole message in
+# memory before the consumer sees it; this lower limit bounds what an echo sends back.
 ECHO_MAX_MESSAGE_BYTES = 64 * 1024
 # What a client may send, as a budget that refills: the echo is for a page's own messages (a
 # person typing, a cursor or a game state at up to a few dozen updates a second), so 50 a second

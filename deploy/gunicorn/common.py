@@ -72,6 +72,13 @@ limit_request_line = 8190
 limit_request_fields = 100
 # Longest header field (name and value); above it gunicorn answers 431.
 limit_request_field_size = 8190
+# Largest WebSocket message a worker holds before the application sees it (ASGI hands over whole
+# messages): 1 MiB instead of the servers' 16 MiB, so a frame that announces more is refused
+# (1009) on its head, before its payload is read. The asgi worker reads it; UvicornWorker
+# (deploy/workers.py) hands it to uvicorn as ws_max_size. WEBSOCKET_MAX_MESSAGE_BYTES overrides
+# it (0: no limit). An application's own limits stay below it (the showcase's consumers: 64 KiB).
+WEBSOCKET_MAX_MESSAGE_BYTES = 1024 * 1024  # also deploy/supervisor/run.sh's default
+websocket_max_message_size = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", WEBSOCKET_MAX_MESSAGE_BYTES)
 
 # --- Proxy ---------------------------------------------------------------------------------------
 

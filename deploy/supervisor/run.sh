@@ -22,6 +22,8 @@ export WEB_CONCURRENCY="${WEB_CONCURRENCY:-2}"
 export FORWARDED_ALLOW_IPS="${FORWARDED_ALLOW_IPS:-127.0.0.1}"
 # Requests before a uvicorn process is recycled (deploy/gunicorn/common.py's max_requests).
 export UVICORN_MAX_REQUESTS="${UVICORN_MAX_REQUESTS:-10000}"
+# deploy/gunicorn/common.py's websocket_max_message_size, for uvicorn's --ws-max-size.
+export WEBSOCKET_MAX_MESSAGE_BYTES="${WEBSOCKET_MAX_MESSAGE_BYTES:-1048576}"
 
 # Two processes at least: supervisord re-binds an interface's socket only once its last
 # process is gone, and when that was a gunicorn master killed while its worker still held the

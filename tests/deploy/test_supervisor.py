@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab import up
-from lab.servers import HOST, INHERITED_SETTINGS, free_port, merged_environment
+from lab.servers import HOST, INHERITED_SETTINGS, REPO_ROOT, free_port, merged_environment
 from lab.stack import prepare_var_dir
 from tests.lab.test_up import alive, process_tree, require_supervisord, wait_gone
 from tests.reliability.load import BackgroundLoad
@@ -329,3 +329,19 @@ def test_sigterm_to_supervisord_drains_the_requests_in_flight(
         for port in supervisor.ports.values():
             with pytest.raises(ConnectionRefusedError):
                 get(port, "/healthz", timeout=5)
+
+
+def test_the_asgi_program_has_the_limits_of_the_gunicorn_configs() -> None:
+    """uvicorn's command line in asgi.conf cannot read deploy/gunicorn: its numbers are copies."""
+    from deploy.gunicorn import asgi_uvicorn, common
+
+    command = (REPO_ROOT / "deploy" / "supervisor" / "asgi.conf").read_text()
+    options = dict(re.findall(r"--([a-z-]+) (\d+)", command))
+    assert "--ws-max-size %(ENV_WEBSOCKET_MAX_MESSAGE_BYTES)s" in command
+    run_sh = (REPO_ROOT / "deploy" / "supervisor" / "run.sh").read_text()
+    default = re.search(r"WEBSOCKET_MAX_MESSAGE_BYTES:-(\d+)", run_sh)
+    assert default is not None
+    assert int(default[1]) == common.WEBSOCKET_MAX_MESSAGE_BYTES
+    assert int(options["limit-concurrency"]) == asgi_uvicorn.worker_connections
+    assert int(options["timeout-keep-alive"]) == common.keepalive
+    assert int(options["timeout-graceful-shutdown"]) == common.graceful_timeout

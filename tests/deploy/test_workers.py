@@ -188,6 +188,7 @@ def test_uvicorn_worker_passes_on_what_the_stock_class_drops(
         limit_request_line=4000,
         limit_request_fields=50,
         limit_request_field_size=2000,
+        websocket_max_message_size=70_000,
     )
     worker = UvicornWorker(0, os.getpid(), [], None, 30, cfg, make_logger(cfg))
     try:
@@ -202,6 +203,7 @@ def test_uvicorn_worker_passes_on_what_the_stock_class_drops(
         assert config.limit_concurrency == 321
         assert config.timeout_graceful_shutdown == 16
         assert config.timeout_keep_alive == 75
+        assert config.ws_max_size == 70_000
         # Its own access line is off: GunicornAccessLog writes the configured one.
         assert config.access_log is False
     finally:

@@ -50,6 +50,7 @@ from apps.showcase.consumers import (
     TOO_SLOW_REASON,
 )
 from apps.showcase.views import LIVE_DROPPED
+from deploy.gunicorn import common
 from lab import manage, servers
 from lab.stack import Stack, start_stack
 from tests.redis_server import running_redis
@@ -61,9 +62,9 @@ ASGI_MODES = ["asgi_uvicorn", "asgi_gunicorn"]
 ENTRIES = ["direct", "hybrid"]
 # Bounds: a hang fails, it never stalls the run.
 TIMEOUT = 10.0
-# Both servers' own limit on a message: uvicorn's ws_max_size, gunicorn's
-# websocket_max_message_size (their defaults; the template sets neither).
-SERVER_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Both servers' limit on a message: gunicorn's websocket_max_message_size, which UvicornWorker
+# hands to uvicorn as ws_max_size (deploy/gunicorn/common.py: 1 MiB).
+SERVER_MAX_MESSAGE_BYTES = common.websocket_max_message_size
 # RFC 6455, 7.4.1.
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
