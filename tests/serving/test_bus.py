@@ -111,10 +111,13 @@ class EventStream:
     """A Server-Sent Events client of /async/live/ on a plain socket, HTTP/1.1 chunked aware.
 
     Opening returns once the `retry:` line has arrived: the server subscribes before it sends
-    it, so the stream is in the group from then on.
+    it, so the stream is in the group from then on. With `subscribed=False` it returns once the
+    response head has arrived, which Django sends before the stream begins to subscribe.
     """
 
-    def __init__(self, port: int, timeout: float = RECEIVE_TIMEOUT) -> None:
+    def __init__(
+        self, port: int, timeout: float = RECEIVE_TIMEOUT, *, subscribed: bool = True
+    ) -> None:
         self.sock = socket.create_connection((servers.HOST, port), timeout=OPEN_TIMEOUT)
         self.sock.settimeout(timeout)
         request = (
@@ -128,7 +131,7 @@ class EventStream:
         self.headers = head.decode("latin-1").lower()
         self.chunked = "transfer-encoding: chunked" in self.headers
         self.text = ""
-        if self.status == 200:
+        if self.status == 200 and subscribed:
             while "retry:" not in self.text:
                 self.read_more()
 
@@ -375,34 +378,19 @@ def test_a_thousand_clients_that_leave_leave_no_subscription(
 HEAD_ONLY_CLIENTS = 40
 
 
-def read_head_and_leave(port: int) -> int:
-    """GET /async/live/, read the response head, close at once; return the status."""
-    with socket.create_connection((servers.HOST, port), timeout=OPEN_TIMEOUT) as sock:
-        sock.settimeout(RECEIVE_TIMEOUT)
-        sock.sendall(
-            f"GET /async/live/ HTTP/1.1\r\nHost: {servers.HOST}:{port}\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("the server closed the stream")
-            head += chunk
-    return int(head.split(b" ", 2)[1])
-
-
 def test_clients_that_leave_before_their_stream_joined_leave_no_subscription(
     stack: Stack, redis_client: redis.Redis
 ) -> None:
     """Django sends the response head before it pulls the stream's first chunk, so these
     clients leave while their stream is still on its way into the group (Redis round trips).
-    A cancellation lost there (Python 3.11's asyncio.wait_for, which redis-py uses) once left
-    such streams subscribed until the worker stopped: the handler now ends them anyway."""
+    Cancelled half-way there, a stream once left its channel subscribed (27 of 40 here, on
+    asgi_uvicorn), or went on as if its client were there when redis-py lost the cancellation
+    (Python 3.11's asyncio.wait_for), until the worker stopped."""
     assert wait_subscriptions(redis_client, (0, 0)) == (0, 0)
-    statuses = [
-        read_head_and_leave(entry_port(stack, "direct" if n % 2 else "hybrid"))
-        for n in range(HEAD_ONLY_CLIENTS)
-    ]
+    statuses = []
+    for n in range(HEAD_ONLY_CLIENTS):
+        stream = EventStream(entry_port(stack, "direct" if n % 2 else "hybrid"), subscribed=False)
+        statuses.append(stream.status)
+        stream.close()
     assert statuses == [200] * HEAD_ONLY_CLIENTS
     assert wait_subscriptions(redis_client, (0, 0)) == (0, 0)
