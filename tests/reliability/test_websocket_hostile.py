@@ -53,7 +53,6 @@ from apps.showcase.views import LIVE_DROPPED
 from deploy.gunicorn import common
 from lab import manage, servers
 from lab.stack import Stack, start_stack
-from tests.redis_server import running_redis
 from tests.support import require_nginx
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
@@ -93,12 +92,6 @@ OPCODE_CLOSE = 0x8
 OPCODE_PING = 0x9
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
 @pytest.fixture(scope="module", params=ASGI_MODES)
 def stack(
     request: pytest.FixtureRequest,
@@ -112,13 +105,6 @@ def stack(
         "wsgi_gthread", request.param, var_dir, tmp_path_factory.mktemp("stack"), server_env=env
     ) as running:
         yield running
-
-
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    yield client
-    client.close()
 
 
 def report(*parts: object) -> None:

@@ -34,7 +34,6 @@ from websockets.typing import Origin
 
 from lab import servers
 from lab.stack import Stack, start_stack
-from tests.redis_server import running_redis
 from tests.support import require_nginx
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
@@ -57,12 +56,6 @@ LIVE_GROUP_CHANNEL = "asgi__group__live"
 RESET = struct.pack("ii", 1, 0)
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
 @pytest.fixture(scope="module", params=ASGI_MODES)
 def stack(
     request: pytest.FixtureRequest,
@@ -78,13 +71,6 @@ def stack(
         yield running
     assert "Traceback" not in running.asgi.output()
     assert "Traceback" not in running.wsgi.output()
-
-
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    yield client
-    client.close()
 
 
 # --- Clients ------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from websockets.typing import Origin
 
 from lab import servers
 from lab.stack import Stack, start_stack
-from tests.redis_server import running_redis
 from tests.support import require_nginx
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
@@ -33,12 +32,6 @@ RECEIVE_TIMEOUT = 10.0
 # consumer, and a group's channel once per process that has members in the group.
 CONSUMER_CHANNELS = "asgispecific.*"
 LIVE_GROUP_CHANNEL = "asgi__group__live"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module", params=MODE_PAIRS, ids="+".join)
@@ -61,13 +54,6 @@ def stack(
         yield running
     # Every connection the module opened ended without an error, up to the server's shutdown.
     assert "Traceback" not in running.asgi.output()
-
-
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    yield client
-    client.close()
 
 
 def ws_url(stack: Stack, entry: str, path: str) -> str:

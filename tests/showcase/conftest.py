@@ -1,6 +1,6 @@
 # showcase: this file goes with the showcase
-"""The bus on real parts for the producer and bridge tests: a private Redis, an ASGI server on
-it, and a live WebSocket client of that server."""
+"""The bus on real parts for the producer and bridge tests: an ASGI server on the module's
+private Redis (`redis_url`, tests/conftest.py), and a live WebSocket client of that server."""
 
 from __future__ import annotations
 
@@ -13,15 +13,8 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
 from lab import servers
-from tests.redis_server import running_redis
 
 OPEN_TIMEOUT = 10.0
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
