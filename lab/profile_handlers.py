@@ -38,10 +38,11 @@ from collections.abc import Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from lab.bench.floor import asgi_scope, wsgi_environ
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INTERFACES = ("wsgi", "asgi")
 PATHS = {"wsgi": "/sync/hello/", "asgi": "/async/hello/"}
-HOST = "127.0.0.1"
 CHILD_TIMEOUT = 300  # seconds per child process
 Message = MutableMapping[str, Any]
 
@@ -51,8 +52,6 @@ Message = MutableMapping[str, Any]
 
 def wsgi_runner(path: str) -> Callable[[int], None]:
     """Return a function that sends GET `path` n times through project.wsgi, as gunicorn does."""
-    import io
-
     from project.wsgi import application
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
@@ -61,24 +60,7 @@ def wsgi_runner(path: str) -> Callable[[int], None]:
 
     def run(count: int) -> None:
         for _ in range(count):
-            environ = {
-                "REQUEST_METHOD": "GET",
-                "SCRIPT_NAME": "",
-                "PATH_INFO": path,
-                "QUERY_STRING": "",
-                "SERVER_NAME": HOST,
-                "SERVER_PORT": "8000",
-                "SERVER_PROTOCOL": "HTTP/1.1",
-                "REMOTE_ADDR": HOST,
-                "HTTP_HOST": HOST,
-                "wsgi.version": (1, 0),
-                "wsgi.url_scheme": "http",
-                "wsgi.input": io.BytesIO(b""),
-                "wsgi.errors": sys.stderr,
-                "wsgi.multithread": False,
-                "wsgi.multiprocess": True,
-                "wsgi.run_once": False,
-            }
+            environ = wsgi_environ(path)
             body = application(environ, start_response)
             for _chunk in body:
                 pass
@@ -113,20 +95,7 @@ def asgi_runner(path: str) -> Callable[[int], None]:
         async def send(message: Message) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", HOST.encode())],
-            "client": (HOST, 50000),
-            "server": (HOST, 8000),
-        }
+        scope = asgi_scope(path)
         await application(scope, receive, send)
         if sent[0]["status"] != 200:
             raise RuntimeError(f"{path}: {sent[0]['status']}")
