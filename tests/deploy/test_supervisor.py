@@ -334,10 +334,13 @@ def test_sigterm_to_supervisord_drains_the_requests_in_flight(
 def test_the_asgi_program_has_the_limits_of_the_gunicorn_configs() -> None:
     """uvicorn's command line in asgi.conf cannot read deploy/gunicorn: its numbers are copies."""
     from deploy.gunicorn import asgi_uvicorn, common
+    from deploy.workers import UvicornWorker
 
     command = (REPO_ROOT / "deploy" / "supervisor" / "asgi.conf").read_text()
     options = dict(re.findall(r"--([a-z-]+) (\d+)", command))
     assert "--ws-max-size %(ENV_WEBSOCKET_MAX_MESSAGE_BYTES)s" in command
+    assert UvicornWorker.CONFIG_KWARGS["ws_per_message_deflate"] is False
+    assert "--ws-per-message-deflate false" in command
     run_sh = (REPO_ROOT / "deploy" / "supervisor" / "run.sh").read_text()
     default = re.search(r"WEBSOCKET_MAX_MESSAGE_BYTES:-(\d+)", run_sh)
     assert default is not None

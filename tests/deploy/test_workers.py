@@ -204,6 +204,7 @@ def test_uvicorn_worker_passes_on_what_the_stock_class_drops(
         assert config.timeout_graceful_shutdown == 16
         assert config.timeout_keep_alive == 75
         assert config.ws_max_size == 70_000
+        assert config.ws_per_message_deflate is False
         # Its own access line is off: GunicornAccessLog writes the configured one.
         assert config.access_log is False
     finally:
