@@ -99,10 +99,24 @@ def interface_of_mode(mode: str) -> str:
 
 def free_port(host: str = HOST) -> int:
     """Return a TCP port that is free on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    (port,) = free_ports(1, host)
+    return port
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """Return `count` distinct TCP ports that are free on `host` right now.
+
+    Every probe stays bound until all are: the kernel may hand a port it just released to the
+    next probe, so `count` calls of free_port() can return the same port twice (seen in CI:
+    one nginx config with two entries on one port).
+    """
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind((host, 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
 
 
 class Server:

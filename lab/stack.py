@@ -168,7 +168,11 @@ def start_stack(
         for server in (wsgi, asgi):
             if not server.wait_workers_ready():
                 raise StackError(f"the workers of {server.mode} did not all boot:\n{server.tail()}")
-        ports = {name: str(servers.free_port()) for name in ENTRY_PORT_NAMES.values()}
+        names = ENTRY_PORT_NAMES.values()
+        ports = {
+            name: str(port)
+            for name, port in zip(names, servers.free_ports(len(names)), strict=True)
+        }
         run_dir = directory / "nginx"
         values = {
             **ports,

@@ -32,8 +32,9 @@ def nginx_env(
     upstream: servers.Server, interface: str, run_dir: Path, workers: int
 ) -> dict[str, str]:
     """Return the deploy.nginx values for a front to `upstream`, on free ports."""
+    names = [name for name in nginx.PORT_DEFAULTS if name.startswith("NGINX_")]
     env = {
-        name: str(servers.free_port()) for name in nginx.PORT_DEFAULTS if name.startswith("NGINX_")
+        name: str(port) for name, port in zip(names, servers.free_ports(len(names)), strict=True)
     }
     env.update(
         {

@@ -54,7 +54,10 @@ def write_config(directory: Path, target: nginx.Target, env: dict[str, str]) -> 
 
 def nginx_ports() -> dict[str, str]:
     """Return three free ports for the nginx entries, as environment values."""
-    return {name: str(servers.free_port()) for name in ENTRY_PORT_NAMES.values()}
+    names = ENTRY_PORT_NAMES.values()
+    return {
+        name: str(port) for name, port in zip(names, servers.free_ports(len(names)), strict=True)
+    }
 
 
 def raw_exchange(port: int, request: bytes, timeout: float = 15.0) -> bytes:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab import up
-from lab.servers import HOST, INHERITED_SETTINGS, REPO_ROOT, free_port, merged_environment
+from lab.servers import HOST, INHERITED_SETTINGS, REPO_ROOT, free_ports, merged_environment
 from lab.stack import prepare_var_dir
 from tests.lab.test_up import alive, process_tree, require_supervisord, wait_gone
 from tests.reliability.load import BackgroundLoad
@@ -182,7 +182,7 @@ def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @contextlib.contextmanager
 def supervisord(var_dir: Path, run_dir: Path) -> Iterator[Supervisor]:
     """Run supervisord through run.sh on free ports; stop it (and anything left) afterwards."""
-    ports = {"wsgi": free_port(), "asgi": free_port()}
+    ports = dict(zip(("wsgi", "asgi"), free_ports(2), strict=True))
     env = merged_environment(
         {
             **dict.fromkeys(INHERITED_SETTINGS),

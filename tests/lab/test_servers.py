@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from lab.servers import (
     Server,
     ServerError,
     free_port,
+    free_ports,
     gunicorn_executable,
     interface_of_mode,
     mode_config,
@@ -65,6 +67,14 @@ def test_free_port_can_be_bound() -> None:
     port = free_port()
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", port))
+
+
+def test_free_ports_are_distinct_and_can_all_be_bound_at_once() -> None:
+    ports = free_ports(50)
+    assert len(set(ports)) == 50
+    with contextlib.ExitStack() as listeners:
+        for port in ports:
+            listeners.enter_context(socket.socket()).bind(("127.0.0.1", port))
 
 
 def test_unknown_mode_is_refused_by_name() -> None:

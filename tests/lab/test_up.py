@@ -169,7 +169,10 @@ def launcher_env(tmp_path: Path) -> dict[str, str]:
         env.pop(name, None)
     for name in ("REDIS_URL", "REDIS_SERVER_BINARY"):
         env.pop(name, None)
-    env.update({name: str(servers.free_port()) for name in (*PORT_NAMES, "REDIS_PORT")})
+    names = (*PORT_NAMES, "REDIS_PORT")
+    env.update(
+        {name: str(port) for name, port in zip(names, servers.free_ports(len(names)), strict=True)}
+    )
     env.update({"DJANGO_VAR_DIR": str(tmp_path / "var"), "UP_TIMEOUT": "90"})
     return env
 
