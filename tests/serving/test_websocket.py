@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
@@ -119,6 +118,7 @@ import os  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 
+import redis  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from apps.showcase.consumers import CLOSE_MESSAGE_TOO_BIG, ECHO_MAX_MESSAGE_BYTES  # noqa: E402
